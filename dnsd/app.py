@@ -1,0 +1,154 @@
+"""The composition root: config -> source -> store -> zone index -> listeners; signals; shutdown.
+
+Shutdown order (SIGTERM or SIGINT): close the listeners, let open TCP queries finish within a
+timeout, stop the source, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from dnsd import wire
+from dnsd.config import Config, Listen
+from dnsd.names import AddressPolicy
+from dnsd.records import Kind, Record, Synced
+from dnsd.sources.file import FileSource
+from dnsd.store import Store
+from dnsd.transports import tcp, udp
+from dnsd.zone import Index
+
+log = logging.getLogger("dnsd")
+
+SERIAL_STEP = 1.0
+"""The serial advances at most once per second, so bursts of changes cost one SOA rebuild."""
+
+
+class Server:
+    """One running dnsd: the index, what feeds it and what serves it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.policy = AddressPolicy(config.publish_prefixes)
+        self.store = Store(config.namespaces)
+        self.index = Index(config, now=time.time())
+        self.udp: list[udp.UdpListener] = []
+        self.tcp: list[tcp.TcpListener] = []
+        self._serial_timer: asyncio.TimerHandle | None = None
+        self._last_serial_step = 0.0
+        self._stopping = asyncio.Event()
+
+    def respond_udp(self, query: bytes) -> bytes | None:
+        return wire.respond_safely(query, self.index, tcp=False)
+
+    def respond_tcp(self, query: bytes) -> bytes | None:
+        return wire.respond_safely(query, self.index, tcp=True)
+
+    async def listen(self) -> None:
+        """Bind every listener before serving anything, so a bad address fails the start."""
+        listens = list(self.config.listen)
+        for entry in listens:
+            try:
+                udp_sock = udp.open_socket(entry)
+                port = udp_sock.getsockname()[1]
+                tcp_sock = tcp.open_socket(Listen(entry.host, port))
+            except OSError as exc:
+                if entry == Listen("::", 5353) and listens == [entry]:
+                    log.warning("cannot listen on %s (%s); trying 0.0.0.0:5353", entry, exc.strerror)
+                    entry = Listen("0.0.0.0", 5353)
+                    udp_sock = udp.open_socket(entry)
+                    tcp_sock = tcp.open_socket(entry)
+                else:
+                    raise OSError(exc.errno, f"cannot listen on {entry}: {exc.strerror}") from None
+            self.udp.append(udp.UdpListener(udp_sock, self.respond_udp))
+            self.tcp.append(
+                tcp.TcpListener(
+                    tcp_sock,
+                    self.respond_tcp,
+                    idle_timeout=self.config.tcp_idle_timeout,
+                    max_connections=self.config.tcp_max_connections,
+                )
+            )
+        for listener in self.udp:
+            listener.start()
+        for tcp_listener in self.tcp:
+            await tcp_listener.start()
+        for listener in self.udp:
+            log.info("listening on %s (UDP and TCP)", Listen(*listener.address[:2]))
+
+    def apply(self, event: object) -> None:
+        """Feed one source event through the store into the index."""
+        changes = self.store.apply(event)  # type: ignore[arg-type]
+        if isinstance(event, Synced) and not self.index.synced:
+            self.index.synced = True
+            self.index.generation += 1
+            log.info("synced: %d names in %d zones", len(self.index), len(self.config.zones))
+        if changes:
+            self.index.update(changes, self.store)
+        self._schedule_serial()
+
+    def _schedule_serial(self) -> None:
+        if not self.index.dirty or self._serial_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._last_serial_step + SERIAL_STEP - loop.time())
+        self._serial_timer = loop.call_later(delay, self._advance_serial)
+
+    def _advance_serial(self) -> None:
+        self._serial_timer = None
+        self._last_serial_step = asyncio.get_running_loop().time()
+        if self.index.advance_serial(time.time()):
+            log.debug("serial %d", self.index.serial)
+
+    async def feed(self, source: FileSource, initial: dict[Kind, list[Record]] | None) -> None:
+        async for event in source.events(initial):
+            try:
+                self.apply(event)
+            except Exception:  # a bug in one update must not stop the source or the server
+                log.exception("failed to apply %s; the previous answers keep serving", type(event).__name__)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def close(self) -> None:
+        for listener in self.udp:
+            listener.close()
+        await asyncio.gather(*(listener.close() for listener in self.tcp))
+        if self._serial_timer is not None:
+            self._serial_timer.cancel()
+
+
+async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -> int:
+    server = Server(config)
+    assert config.from_file is not None
+    source = FileSource(config.from_file, server.policy, interval=config.reload_interval)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, server.stop)
+    try:
+        await server.listen()
+    except OSError as exc:
+        log.error("%s", exc.strerror or exc)
+        await server.close()
+        return 1
+    feeder = asyncio.create_task(server.feed(source, records), name="source")
+    stopped = asyncio.create_task(server.wait_stopped())
+    await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if feeder.done() and feeder.exception() is not None:
+        log.error("source failed: %s", feeder.exception())
+    if not stopped.done():
+        # stdin is read once: keep serving what it gave until told to stop
+        await stopped
+    log.info("shutting down")
+    await server.close()
+    feeder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await feeder
+    return 0

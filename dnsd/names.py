@@ -1,0 +1,112 @@
+"""The naming scheme and the address policy (pure).
+
+Owner names for zone Z:
+
+    <svc>.<ns>.svc.Z                     Service: addresses of its ready endpoints
+    <ep>.<svc>.<ns>.svc.Z                one endpoint (EndpointSlice hostname, else the pod name)
+    _<port>._<proto>.<svc>.<ns>.svc.Z    SRV, one per ready named endpoint per named port
+    <pod>.<ns>.pod.Z                     a pod's own addresses
+    reverse name of an address           PTR -> <pod>.<ns>.pod.Z (first forward zone)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+import dns.name
+import dns.reversename
+
+from dnsd.config import IPNetwork
+
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})?")
+MAX_NAME_OCTETS = 255
+
+# Default policy: IPv6 global unicast 2000::/3 only (so no ULA, link-local, loopback, multicast);
+# IPv4 anything but these. `ipaddress.is_global` is deliberately not used: it rejects
+# documentation and other special-purpose ranges that are real, routable GUAs for this purpose.
+_IPV4_NOT_PUBLISHABLE = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    )
+)
+
+
+def _int_ranges(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
+    return tuple((int(n.network_address), int(n.broadcast_address)) for n in networks)
+
+
+class AddressPolicy:
+    """Decides which addresses dnsd publishes; addresses are packed bytes (4 or 16 octets)."""
+
+    __slots__ = ("_explicit", "_v4_allow", "_v4_deny", "_v6_allow")
+
+    def __init__(self, prefixes: Iterable[IPNetwork] = ()) -> None:
+        prefixes = tuple(prefixes)
+        self._explicit = bool(prefixes)
+        self._v4_allow = _int_ranges(p for p in prefixes if p.version == 4)
+        self._v6_allow = _int_ranges(p for p in prefixes if p.version == 6)
+        self._v4_deny = _int_ranges(_IPV4_NOT_PUBLISHABLE)
+
+    def publishable(self, packed: bytes) -> bool:
+        value = int.from_bytes(packed, "big")
+        if len(packed) == 16:
+            if not self._explicit:
+                return packed[0] & 0xE0 == 0x20
+            return any(lo <= value <= hi for lo, hi in self._v6_allow)
+        if self._explicit:
+            return any(lo <= value <= hi for lo, hi in self._v4_allow)
+        return not any(lo <= value <= hi for lo, hi in self._v4_deny)
+
+
+def pack_address(text: str) -> bytes | None:
+    """The packed form of an IP address string, or None if it is not one."""
+    try:
+        return ipaddress.ip_address(text.strip()).packed
+    except (ValueError, AttributeError):
+        return None
+
+
+def address_text(packed: bytes) -> str:
+    return str(ipaddress.ip_address(packed))
+
+
+def is_dns_label(text: str) -> bool:
+    """A single DNS label dnsd is willing to publish: 1-63 letters, digits, '-' or '_'."""
+    return _LABEL.fullmatch(text) is not None
+
+
+def child(label: str, parent: dns.name.Name) -> dns.name.Name:
+    """`label.parent`; raises dns.name.NameTooLong past 255 octets."""
+    return dns.name.Name((label.lower().encode("ascii"), *parent.labels))
+
+
+def service_name(zone: dns.name.Name, namespace: str, service: str) -> dns.name.Name:
+    return dns.name.Name((service.lower().encode(), namespace.lower().encode(), b"svc", *zone.labels))
+
+
+def pod_name(zone: dns.name.Name, namespace: str, pod: str) -> dns.name.Name:
+    return dns.name.Name((pod.lower().encode(), namespace.lower().encode(), b"pod", *zone.labels))
+
+
+def reverse_name(packed: bytes) -> dns.name.Name:
+    return dns.reversename.from_address(address_text(packed))
+
+
+def zone_of(name: dns.name.Name, zones: Iterable[dns.name.Name]) -> dns.name.Name | None:
+    """The most specific zone containing name."""
+    best = None
+    for zone in zones:
+        if name.is_subdomain(zone) and (best is None or len(zone) > len(best)):
+            best = zone
+    return best

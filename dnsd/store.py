@@ -1,0 +1,151 @@
+"""The current set of records, keyed by (kind, namespace, name); the only writer of that state.
+
+`Store.apply` takes one event and says which Services and Pods it touched, so the zone can
+rebuild exactly those owners' names. Frozen records make change detection plain `==`: an
+event that repeats what is known touches nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dnsd.records import (
+    Delete,
+    EndpointSlice,
+    Event,
+    Kind,
+    Pod,
+    Record,
+    Resync,
+    Service,
+    Synced,
+    Upsert,
+)
+
+Key = tuple[str, str]
+
+
+@dataclass(slots=True)
+class Changes:
+    services: set[Key] = field(default_factory=set)
+    pods: set[Key] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.pods)
+
+    def update(self, other: Changes) -> None:
+        self.services |= other.services
+        self.pods |= other.pods
+
+
+class Store:
+    def __init__(self, namespaces: Iterable[str] = ()) -> None:
+        self.namespaces = frozenset(namespaces)
+        self.services: dict[Key, Service] = {}
+        self.slices: dict[Key, EndpointSlice] = {}
+        self.pods: dict[Key, Pod] = {}
+        self.synced = False
+        self._slices_by_service: dict[Key, set[Key]] = {}
+        # pod -> services whose slices name it, with how many slices do
+        self._services_by_pod: dict[Key, dict[Key, int]] = {}
+
+    def slices_of(self, service: Key) -> list[EndpointSlice]:
+        return [self.slices[k] for k in sorted(self._slices_by_service.get(service, ()))]
+
+    def apply(self, event: Event) -> Changes:
+        if isinstance(event, Upsert):
+            return self._put(event.record)
+        if isinstance(event, Delete):
+            return self._remove(event.kind, (event.namespace, event.name))
+        if isinstance(event, Resync):
+            return self._resync(event.kind, event.records)
+        if isinstance(event, Synced):
+            self.synced = True
+            return Changes()
+        raise TypeError(f"not an event: {event!r}")
+
+    def _table(self, kind: Kind) -> dict[Key, Record]:
+        tables: dict[str, dict] = {"Service": self.services, "EndpointSlice": self.slices, "Pod": self.pods}
+        return tables[kind]
+
+    def _wanted(self, namespace: str) -> bool:
+        return not self.namespaces or namespace in self.namespaces
+
+    def _put(self, record: Record) -> Changes:
+        if not self._wanted(record.namespace):
+            return Changes()
+        if isinstance(record, Service):
+            if self.services.get(record.key) == record:
+                return Changes()
+            self.services[record.key] = record
+            return Changes(services={record.key})
+        if isinstance(record, EndpointSlice):
+            old = self.slices.get(record.key)
+            if old == record:
+                return Changes()
+            changes = self._unindex(old) if old is not None else Changes()
+            self.slices[record.key] = record
+            changes.update(self._index(record))
+            return changes
+        if self.pods.get(record.key) == record:
+            return Changes()
+        self.pods[record.key] = record
+        return Changes(services=set(self._services_by_pod.get(record.key, ())), pods={record.key})
+
+    def _remove(self, kind: Kind, key: Key) -> Changes:
+        if kind == "Service":
+            return Changes(services={key}) if self.services.pop(key, None) else Changes()
+        if kind == "EndpointSlice":
+            old = self.slices.pop(key, None)
+            return self._unindex(old) if old is not None else Changes()
+        if self.pods.pop(key, None) is None:
+            return Changes()
+        return Changes(services=set(self._services_by_pod.get(key, ())), pods={key})
+
+    def _resync(self, kind: Kind, records: Iterable[Record]) -> Changes:
+        fresh = {r.key: r for r in records if r.kind_name == kind and self._wanted(r.namespace)}
+        changes = Changes()
+        for key in [k for k in self._table(kind) if k not in fresh]:
+            changes.update(self._remove(kind, key))
+        for record in fresh.values():
+            changes.update(self._put(record))
+        return changes
+
+    def _service_of(self, piece: EndpointSlice) -> Key | None:
+        return (piece.namespace, piece.service) if piece.service else None
+
+    def _index(self, piece: EndpointSlice) -> Changes:
+        service = self._service_of(piece)
+        if service is None:
+            return Changes()
+        self._slices_by_service.setdefault(service, set()).add(piece.key)
+        for pod in _pods_named(piece):
+            counts = self._services_by_pod.setdefault((piece.namespace, pod), {})
+            counts[service] = counts.get(service, 0) + 1
+        return Changes(services={service})
+
+    def _unindex(self, piece: EndpointSlice) -> Changes:
+        service = self._service_of(piece)
+        if service is None:
+            return Changes()
+        keys = self._slices_by_service.get(service)
+        if keys is not None:
+            keys.discard(piece.key)
+            if not keys:
+                del self._slices_by_service[service]
+        for pod in _pods_named(piece):
+            pod_key = (piece.namespace, pod)
+            counts = self._services_by_pod.get(pod_key)
+            if counts is None:
+                continue
+            counts[service] -= 1
+            if counts[service] <= 0:
+                del counts[service]
+            if not counts:
+                del self._services_by_pod[pod_key]
+        return Changes(services={service})
+
+
+def _pods_named(piece: EndpointSlice) -> set[str]:
+    return {e.pod for e in piece.endpoints if e.pod}

@@ -1,0 +1,129 @@
+"""DNS over UDP: a non-blocking socket drained in a loop from one reader callback.
+
+Not `asyncio.DatagramProtocol`: the stock selector transport allocates a 256 KiB buffer per
+datagram and pays one loop iteration per packet (shared/research/perf-baseline.md §4.2-4.3).
+Reading until EAGAIN from `add_reader` answers a burst in one wake-up, on uvloop and on the
+stock loop alike.
+
+On a wildcard address every reply must leave from the address the query was sent to, or
+clients on multi-homed hosts drop it: the socket asks for IP_PKTINFO / IPV6_RECVPKTINFO and
+each reply is sent with the destination address of its query as its source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+
+from dnsd.config import Listen
+
+log = logging.getLogger("dnsd.udp")
+
+# Not exported by the socket module before Python 3.13; the value is Linux's.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+RECEIVE_SIZE = 65535
+ANCILLARY_SIZE = socket.CMSG_SPACE(20) * 2
+BURST = 64
+"""Datagrams answered per wake-up before TCP and timers get a turn."""
+
+Responder = Callable[[bytes], bytes | None]
+
+
+def is_wildcard(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
+
+
+def open_socket(listen: Listen) -> socket.socket:
+    """A bound, non-blocking UDP socket; `[::]` also takes IPv4 (dual stack)."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if is_wildcard(listen.host) else 1)
+        if is_wildcard(listen.host):
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind((listen.host, listen.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _reply_ancillary(ancillary: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+    """Ancillary data that sends a reply from the address its query arrived at."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+            return [(level, IPV6_PKTINFO, data[:20])]
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo {int ifindex; in_addr spec_dst; in_addr addr}: send from addr.
+            return [(level, IP_PKTINFO, struct.pack("=i4s4s", 0, data[8:12], b"\0\0\0\0"))]
+    return []
+
+
+class UdpListener:
+    def __init__(self, sock: socket.socket, respond: Responder) -> None:
+        self.sock = sock
+        self.respond = respond
+        self.pktinfo = is_wildcard(sock.getsockname()[0])
+        self.received = 0
+        self.dropped_replies = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def address(self) -> tuple:
+        return self.sock.getsockname()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        self.sock.close()
+
+    def _readable(self) -> None:
+        sock, respond = self.sock, self.respond
+        for _ in range(BURST):
+            try:
+                if self.pktinfo:
+                    data, ancillary, _flags, peer = sock.recvmsg(RECEIVE_SIZE, ANCILLARY_SIZE)
+                else:
+                    data, peer = sock.recvfrom(RECEIVE_SIZE)
+                    ancillary = None
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # An ICMP error from an earlier reply surfaces here; it is not about this socket.
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                log.warning("UDP receive failed: %s", exc)
+                return
+            self.received += 1
+            if peer[1] == 0:  # nobody can receive a reply on port 0; it is a reflection attempt
+                continue
+            reply = respond(data)
+            if reply is None:
+                continue
+            try:
+                if ancillary:
+                    sock.sendmsg([reply], _reply_ancillary(ancillary), 0, peer)
+                else:
+                    sock.sendto(reply, peer)
+            except OSError:
+                # A full send buffer or an unreachable peer: UDP may lose this reply, the
+                # client retries. Never block the loop for it.
+                self.dropped_replies += 1

@@ -1,0 +1,316 @@
+"""The zone index: owner name -> prebuilt wire answers, updated one owner at a time (pure).
+
+Every owner (a Service, a Pod, the static apex data) contributes RRsets to some names. A name
+claimed by several owners is given to the oldest one (creationTimestamp, then namespace/name):
+that is how PTR records and annotation hostnames resolve conflicts deterministically. Every
+ancestor of an existing name inside its zone exists as an empty non-terminal, counted so that
+it disappears with its last descendant.
+
+Queries and updates run on one thread (the event loop), and an update computes all new nodes
+before it changes `nodes`, so a query never sees half an update and a failing update changes
+nothing. The cost of an update is proportional to the names its owners touch.
+
+Wire layout: a node's answer records are rendered for a response whose question name sits at
+offset 12 with this node's (lower-cased) length, so owner names are compression pointers into
+the question, whatever case the client used. The negative-answer SOA is kept per zone and
+spliced in at send time, so a serial change touches one node per zone, not every name.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dns.name
+
+from dnsd.config import Config
+from dnsd.records import Pod, Service
+from dnsd.rrsets import (
+    AAAA,
+    CNAME,
+    NS,
+    PTR,
+    SOA,
+    SRV,
+    A,
+    Contribution,
+    NameData,
+    RRset,
+    pod_contribution,
+    service_contribution,
+    soa_rdata,
+    static_contribution,
+)
+from dnsd.store import Changes, Store
+
+log = logging.getLogger("dnsd.zone")
+
+RR_FIXED = struct.Struct("!HHIH")
+CLASS_IN = 1
+MAX_MESSAGE = 65535
+OPT_SIZE = 11
+ANY_PREFERENCE = (SOA, AAAA, A, CNAME, SRV, PTR, NS)
+
+Owner = tuple[str, str, str]
+Priority = tuple[str, str, str]
+STATIC: Owner = ("static", "", "")
+
+
+@dataclass(slots=True)
+class Answer:
+    """One RRset ready to send: records rendered twice in a row so a rotation is one slice."""
+
+    records: tuple[bytes, ...]
+    count: int
+    window: int
+    """How many records one response carries: all, unless --max-answers or 64 KiB say fewer."""
+    additional: bytes = b""
+    additional_count: int = 0
+
+
+class ZoneInfo:
+    """Per-zone data spliced into responses at send time."""
+
+    __slots__ = ("apex", "apex_wire", "negative_soa")
+
+    def __init__(self, apex: dns.name.Name) -> None:
+        self.apex = apex
+        self.apex_wire = apex.to_wire()
+        self.negative_soa = b""
+        """The SOA record after its owner name, TTL = min(SOA TTL, MINIMUM) (RFC 2308 §3)."""
+
+
+class Node:
+    __slots__ = ("answers", "any", "cname", "zone")
+
+    def __init__(self, zone: ZoneInfo, answers: dict[int, Answer]) -> None:
+        self.zone = zone
+        self.answers = answers
+        self.cname = answers.get(CNAME)
+        self.any = next((answers[t] for t in ANY_PREFERENCE if t in answers), None)
+        if self.any is None and answers:
+            self.any = next(iter(answers.values()))
+
+
+def compressed_name(name: dns.name.Name, qname: dns.name.Name) -> bytes:
+    """name in wire form, as a pointer into a question name at offset 12 where they share a suffix."""
+    n_labels, q_labels = name.labels, qname.labels
+    common = 0
+    while (
+        common < len(n_labels) - 1
+        and common < len(q_labels) - 1
+        and n_labels[-2 - common].lower() == q_labels[-2 - common].lower()
+    ):
+        common += 1
+    if common == 0:
+        return name.to_wire()
+    keep = len(n_labels) - 1 - common
+    offset = 12 + sum(len(label) + 1 for label in q_labels[: len(q_labels) - 1 - common])
+    prefix = b"".join(bytes((len(label),)) + label for label in n_labels[:keep])
+    return prefix + struct.pack("!H", 0xC000 | offset)
+
+
+def render(name: dns.name.Name, data: NameData, zone: ZoneInfo, max_answers: int | None) -> Node:
+    question_size = len(name.to_wire()) + 4
+    answers: dict[int, Answer] = {}
+    for rdtype, rrset in data.items():
+        records = tuple(b"\xc0\x0c" + RR_FIXED.pack(rdtype, CLASS_IN, rrset.ttl, len(rd)) + rd for rd in rrset.rdatas)
+        budget = MAX_MESSAGE - 12 - question_size - OPT_SIZE
+        window = 0
+        for size in sorted((len(r) for r in records), reverse=True):
+            if budget < size or (max_answers is not None and window >= max_answers):
+                break
+            budget -= size
+            window += 1
+        additional = b"".join(
+            compressed_name(g.owner, name) + RR_FIXED.pack(g.rdtype, CLASS_IN, g.ttl, len(g.rdata)) + g.rdata
+            for g in rrset.glue
+        )
+        answers[rdtype] = Answer(records + records, len(records), window, additional, len(rrset.glue))
+    return Node(zone, answers)
+
+
+def _priority(owner: Owner, record: Service | Pod | None) -> Priority:
+    if owner == STATIC or record is None:
+        return ("", "", "")
+    return (record.created or "~", record.namespace, record.name)
+
+
+class Index:
+    """All served zones: the answer nodes, the per-zone SOA, and the serial."""
+
+    def __init__(self, config: Config, *, now: float) -> None:
+        self.config = config
+        self.nodes: dict[bytes, Node] = {}
+        self.zones: dict[bytes, ZoneInfo] = {z.to_wire(): ZoneInfo(z) for z in config.zones}
+        self._zone_list = sorted(self.zones.values(), key=lambda z: -len(z.apex))
+        self.synced = False
+        self.serial = int(now) & 0xFFFFFFFF
+        self.generation = 0
+        """Increases with every change of any answer; a response memo is valid for one value."""
+        self.dirty = False
+        """Answers changed since the serial last advanced."""
+        self.conflicts = 0
+        self._owned: dict[Owner, Contribution] = {}
+        self._claims: dict[dns.name.Name, dict[Owner, tuple[Priority, NameData]]] = {}
+        self._published: dict[dns.name.Name, NameData] = {}
+        self._below: dict[dns.name.Name, int] = {}
+        self._set_owner(STATIC, static_contribution(config, self.serial), ("", "", ""))
+        self._refresh_soa()
+        self.dirty = False
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def zone_for(self, lowered_wire: bytes) -> ZoneInfo | None:
+        """The most specific zone of a lower-cased wire name, walking label boundaries."""
+        pos, size = 0, len(lowered_wire)
+        while pos < size:
+            zone = self.zones.get(lowered_wire[pos:])
+            if zone is not None:
+                return zone
+            length = lowered_wire[pos]
+            if length == 0:
+                return None
+            pos += length + 1
+        return None
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    # -- updates ---------------------------------------------------------------------------
+
+    def update(self, changes: Changes, store: Store) -> None:
+        """Rebuild the names of the Services and Pods in changes from the store."""
+        for key in sorted(changes.services):
+            service = store.services.get(key)
+            owner = ("svc", *key)
+            self._set_owner(owner, service_contribution(service, store, self.config), _priority(owner, service))
+        for key in sorted(changes.pods):
+            pod = store.pods.get(key)
+            owner = ("pod", *key)
+            self._set_owner(owner, pod_contribution(pod, self.config), _priority(owner, pod))
+
+    def advance_serial(self, now: float) -> bool:
+        """Move the serial forward if answers changed; returns whether it moved."""
+        if not self.dirty:
+            return False
+        self.serial = max((self.serial + 1) & 0xFFFFFFFF, int(now) & 0xFFFFFFFF)
+        self._set_owner(STATIC, static_contribution(self.config, self.serial), ("", "", ""))
+        self._refresh_soa()
+        self.dirty = False
+        return True
+
+    def _refresh_soa(self) -> None:
+        timers = self.config.soa_timers
+        negative_ttl = min(self.config.ttl, timers.minimum)
+        for zone in self.zones.values():
+            rdata = soa_rdata(zone.apex, self.config, self.serial)
+            zone.negative_soa = RR_FIXED.pack(SOA, CLASS_IN, negative_ttl, len(rdata)) + rdata
+
+    def _set_owner(self, owner: Owner, contribution: Contribution, priority: Priority) -> None:
+        old = self._owned.get(owner, {})
+        touched: list[dns.name.Name] = []
+        for name in old.keys() - contribution.keys():
+            claims = self._claims[name]
+            del claims[owner]
+            if not claims:
+                del self._claims[name]
+            touched.append(name)
+        for name, data in contribution.items():
+            claims = self._claims.setdefault(name, {})
+            if claims.get(owner) != (priority, data):
+                claims[owner] = (priority, data)
+                touched.append(name)
+        if contribution:
+            self._owned[owner] = contribution
+        else:
+            self._owned.pop(owner, None)
+        if not touched:
+            return
+        # Render first, then publish: an exception while rendering leaves every node as it was.
+        decided = [(name, self._winner(name)) for name in touched]
+        rendered = [
+            (
+                name,
+                data,
+                None if data is None else render(name, data, self._zone_of(name), self.config.max_answers),
+            )
+            for name, data in decided
+        ]
+        for name, data, node in rendered:
+            self._publish(name, data, node)
+
+    def _winner(self, name: dns.name.Name) -> NameData | None:
+        claims = self._claims.get(name)
+        if not claims:
+            return None
+        if len(claims) == 1:
+            return next(iter(claims.values()))[1]
+        ranked = sorted(claims.items(), key=lambda item: item[1][0])
+        winner, losers = ranked[0][0], [owner for owner, _ in ranked[1:]]
+        if name.labels[-2:-1] != (b"arpa",):
+            self.conflicts += 1
+            log.warning(
+                "%s is claimed by %s; %s wins (oldest)",
+                name,
+                ", ".join("/".join(o[1:]) for o, _ in ranked),
+                "/".join(winner[1:]),
+            )
+        del losers
+        return ranked[0][1][1]
+
+    def _zone_of(self, name: dns.name.Name) -> ZoneInfo:
+        for zone in self._zone_list:
+            if name.is_subdomain(zone.apex):
+                return zone
+        raise ValueError(f"{name} is outside every zone")
+
+    def _ancestors(self, name: dns.name.Name) -> Iterable[dns.name.Name]:
+        apex = self._zone_of(name).apex
+        current = name
+        while current != apex:
+            current = current.parent()
+            if current == apex:
+                break
+            yield current
+
+    def _publish(self, name: dns.name.Name, data: NameData | None, node: Node | None) -> None:
+        previous = self._published.get(name)
+        if data is not None and previous is not None and previous == data:
+            return
+        key = name.to_wire()
+        self.dirty = True
+        self.generation += 1
+        if data is not None and node is not None:
+            if previous is None:
+                for ancestor in self._ancestors(name):
+                    count = self._below.get(ancestor, 0) + 1
+                    self._below[ancestor] = count
+                    if count == 1 and ancestor not in self._published:
+                        self.nodes[ancestor.to_wire()] = Node(self._zone_of(ancestor), {})
+            self._published[name] = data
+            self.nodes[key] = node
+            return
+        if previous is None:
+            return
+        del self._published[name]
+        if self._below.get(name, 0) > 0:
+            self.nodes[key] = Node(self._zone_of(name), {})
+        else:
+            self.nodes.pop(key, None)
+        for ancestor in self._ancestors(name):
+            count = self._below[ancestor] - 1
+            if count:
+                self._below[ancestor] = count
+                continue
+            del self._below[ancestor]
+            if ancestor not in self._published:
+                self.nodes.pop(ancestor.to_wire(), None)
+
+
+def rrset_of(index: Index, name: dns.name.Name, rdtype: int) -> RRset | None:
+    """The published RRset at name (for tests and tools)."""
+    data = index._published.get(name.canonicalize())
+    return None if data is None else data.get(rdtype)
