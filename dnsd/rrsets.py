@@ -18,7 +18,6 @@ import dns.name
 
 from dnsd.config import Config
 from dnsd.names import (
-    MAX_NAME_OCTETS,
     child,
     is_dns_label,
     pod_name,
@@ -74,10 +73,6 @@ def _address_rrsets(addresses: Iterable[bytes], ttl: int) -> dict[int, RRset]:
 
 def _glue(owner: dns.name.Name, addresses: Iterable[bytes], ttl: int) -> list[Glue]:
     return [Glue(owner, AAAA if len(a) == 16 else A, ttl, a) for a in sorted(set(addresses))]
-
-
-def _fits(name: dns.name.Name) -> bool:
-    return len(name.to_wire()) <= MAX_NAME_OCTETS
 
 
 def _skip(reason: str, message: str, *args: object) -> None:
@@ -222,9 +217,10 @@ def service_contribution(service: Service | None, store: Store, config: Config) 
                 by_label.setdefault(endpoint.label, set()).update(endpoint.addresses)
         targets: dict[str, dns.name.Name] = {}
         for label, label_addresses in by_label.items():
-            name = child(label, base)
-            if not _fits(name):
-                _skip("name_too_long", "%s: name too long; skipped", name)
+            try:
+                name = child(label, base)
+            except dns.name.NameTooLong:
+                _skip("name_too_long", "%s.%s: name too long; skipped", label, base)
                 continue
             targets[label] = name
             contribution[name] = _address_rrsets(label_addresses, ttl)
@@ -237,8 +233,10 @@ def service_contribution(service: Service | None, store: Store, config: Config) 
                 proto_label = PROTOCOL_LABELS.get(protocol.upper())
                 if not port_name or proto_label is None or not is_dns_label(port_name):
                     continue
-                owner = dns.name.Name((b"_" + port_name.lower().encode(), proto_label.encode(), *base.labels))
-                if not _fits(owner):
+                try:
+                    owner = dns.name.Name((b"_" + port_name.lower().encode(), proto_label.encode(), *base.labels))
+                except dns.name.NameTooLong:
+                    _skip("name_too_long", "_%s.%s.%s: name too long; skipped", port_name, proto_label, base)
                     continue
                 rdatas, glue = srv.setdefault(owner, (set(), []))
                 rdatas.add(struct.pack("!HHH", 0, 1, port) + target.to_wire())

@@ -211,54 +211,53 @@ class Index:
 
     def _set_owner(self, owner: Owner, contribution: Contribution, priority: Priority) -> None:
         old = self._owned.get(owner, {})
-        touched: list[dns.name.Name] = []
-        for name in old.keys() - contribution.keys():
-            claims = self._claims[name]
-            del claims[owner]
-            if not claims:
-                del self._claims[name]
-            touched.append(name)
-        for name, data in contribution.items():
-            claims = self._claims.setdefault(name, {})
-            if claims.get(owner) != (priority, data):
-                claims[owner] = (priority, data)
-                touched.append(name)
+        touched = [name for name in old.keys() - contribution.keys()]
+        touched += [
+            name for name, data in contribution.items() if self._claims.get(name, {}).get(owner) != (priority, data)
+        ]
+        if not touched:
+            if not contribution:
+                self._owned.pop(owner, None)
+            return
+        # Decide and render every touched name before changing anything, so an exception
+        # (a bug, a name dnspython rejects) leaves the index exactly as it was.
+        claims = {name: dict(self._claims.get(name, {})) for name in touched}
+        for name in touched:
+            if name in contribution:
+                claims[name][owner] = (priority, contribution[name])
+            else:
+                claims[name].pop(owner, None)
+        rendered = []
+        for name in touched:
+            data = self._winner(name, claims[name])
+            node = None if data is None else render(name, data, self._zone_of(name), self.config.max_answers)
+            rendered.append((name, data, node))
+        for name in touched:
+            if claims[name]:
+                self._claims[name] = claims[name]
+            else:
+                self._claims.pop(name, None)
         if contribution:
             self._owned[owner] = contribution
         else:
             self._owned.pop(owner, None)
-        if not touched:
-            return
-        # Render first, then publish: an exception while rendering leaves every node as it was.
-        decided = [(name, self._winner(name)) for name in touched]
-        rendered = [
-            (
-                name,
-                data,
-                None if data is None else render(name, data, self._zone_of(name), self.config.max_answers),
-            )
-            for name, data in decided
-        ]
         for name, data, node in rendered:
             self._publish(name, data, node)
 
-    def _winner(self, name: dns.name.Name) -> NameData | None:
-        claims = self._claims.get(name)
+    def _winner(self, name: dns.name.Name, claims: dict[Owner, tuple[Priority, NameData]]) -> NameData | None:
         if not claims:
             return None
         if len(claims) == 1:
             return next(iter(claims.values()))[1]
         ranked = sorted(claims.items(), key=lambda item: item[1][0])
-        winner, losers = ranked[0][0], [owner for owner, _ in ranked[1:]]
         if name.labels[-2:-1] != (b"arpa",):
             self.conflicts += 1
             log.warning(
                 "%s is claimed by %s; %s wins (oldest)",
                 name,
                 ", ".join("/".join(o[1:]) for o, _ in ranked),
-                "/".join(winner[1:]),
+                "/".join(ranked[0][0][1:]),
             )
-        del losers
         return ranked[0][1][1]
 
     def _zone_of(self, name: dns.name.Name) -> ZoneInfo:

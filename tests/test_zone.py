@@ -1,0 +1,188 @@
+"""Incremental updates of the store and zone index: events in, exactly the touched names change.
+
+In scope: Upsert/Delete/Resync through `Store.apply` and `Index.update`, name ownership
+hand-over (PTR, annotation hostnames), empty non-terminals appearing and disappearing, a
+failing update leaving the index as it was. Out of scope: wire format (test_protocol.py).
+"""
+
+from __future__ import annotations
+
+import dns.name
+import dns.rcode
+import pytest
+from conftest import Zone, rrsets_text
+from k8s import cluster, endpoint, endpoint_slice, pod, service
+
+from dnsd.names import AddressPolicy
+from dnsd.records import Delete, Resync, Upsert, endpoint_slice_from, pod_from, record_from, service_from
+
+POLICY = AddressPolicy()
+
+
+def _all(zone: Zone):  # type: ignore[no-untyped-def]
+    from dnsd.store import Changes
+
+    return Changes(services=set(zone.store.services), pods=set(zone.store.pods))
+
+
+def apply(zone: Zone, event: object) -> None:
+    zone.index.update(zone.store.apply(event), zone.store)  # type: ignore[arg-type]
+
+
+BASE = [
+    service("web", created="2026-01-01T00:00:00Z", annotations={"dnsd.io/hostname": "www.gua.example.com"}),
+    endpoint_slice("web-1", "web", endpoint("2001:db8:1::a", pod="web-a")),
+    pod("web-a", "2001:db8:1::a", created="2026-01-01T00:00:00Z"),
+    service("solo", "lonely"),
+    endpoint_slice("solo-1", "solo", endpoint("2001:db8:2::1"), namespace="lonely"),
+]
+
+
+@pytest.fixture
+def zone() -> Zone:
+    return Zone(cluster(*BASE))
+
+
+def test_deleting_service_removes_names_while_slices_remain(zone: Zone) -> None:
+    apply(zone, Delete("Service", "default", "web"))
+    assert zone.ask("web.default.svc.gua.example.com.", "AAAA").rcode() == dns.rcode.NXDOMAIN
+    assert zone.ask("web-a.web.default.svc.gua.example.com.", "AAAA").rcode() == dns.rcode.NXDOMAIN
+    assert zone.ask("www.gua.example.com.", "AAAA").rcode() == dns.rcode.NXDOMAIN
+    assert ("default", "web-1") in zone.store.slices
+    # the Service comes back: its slice is picked up again
+    apply(zone, Upsert(service_from(service("web"))))
+    assert zone.ask("web.default.svc.gua.example.com.", "AAAA").answer
+
+
+def test_empty_non_terminals_follow_their_last_descendant(zone: Zone) -> None:
+    assert zone.ask("lonely.svc.gua.example.com.", "A").rcode() == dns.rcode.NOERROR
+    apply(zone, Delete("Service", "lonely", "solo"))
+    assert zone.ask("lonely.svc.gua.example.com.", "A").rcode() == dns.rcode.NXDOMAIN
+    assert zone.ask("svc.gua.example.com.", "A").rcode() == dns.rcode.NOERROR  # web still there
+    apply(zone, Delete("Service", "default", "web"))
+    assert zone.ask("svc.gua.example.com.", "A").rcode() == dns.rcode.NXDOMAIN
+    assert zone.ask("pod.gua.example.com.", "A").rcode() == dns.rcode.NOERROR  # web-a pod
+    apply(zone, Delete("Pod", "default", "web-a"))
+    assert zone.ask("pod.gua.example.com.", "A").rcode() == dns.rcode.NXDOMAIN
+    # nothing is left but the apex and the reverse zones' apexes
+    assert {dns.name.from_wire(key, 0)[0].to_text() for key in zone.index.nodes} == {
+        "gua.example.com.",
+        "8.b.d.0.1.0.0.2.ip6.arpa.",
+        "113.0.203.in-addr.arpa.",
+    }
+
+
+def test_pod_event_touches_only_its_names(zone: Zone) -> None:
+    untouched = zone.index.nodes[dns.name.from_text("solo.lonely.svc.gua.example.com.").to_wire()]
+    generation = zone.index.generation
+    apply(zone, Upsert(pod_from(pod("web-a", "2001:db8:1::a", "2001:db8:1::aa"), POLICY)))
+    assert rrsets_text(zone.ask("web.default.svc.gua.example.com.", "AAAA").answer) == {
+        "web.default.svc.gua.example.com. 5 IN AAAA 2001:db8:1::a",
+        "web.default.svc.gua.example.com. 5 IN AAAA 2001:db8:1::aa",
+    }
+    assert zone.index.nodes[dns.name.from_text("solo.lonely.svc.gua.example.com.").to_wire()] is untouched
+    # service name, www alias, endpoint name, pod name, a new PTR and its nibble ancestors
+    assert 0 < zone.index.generation - generation < 40
+
+
+def test_repeating_an_event_changes_nothing(zone: Zone) -> None:
+    zone.index.advance_serial(1_700_000_000)
+    generation = zone.index.generation
+    apply(zone, Upsert(pod_from(pod("web-a", "2001:db8:1::a", created="2026-01-01T00:00:00Z"), POLICY)))
+    apply(zone, Resync("Service", tuple(service_from(o) for o in BASE if o["kind"] == "Service")))
+    assert zone.index.generation == generation
+    assert not zone.index.dirty
+
+
+def test_ptr_moves_to_next_oldest_pod(zone: Zone) -> None:
+    ptr = "a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."
+    apply(zone, Upsert(pod_from(pod("web-b", "2001:db8:1::a", created="2026-02-01T00:00:00Z"), POLICY)))
+    assert rrsets_text(zone.ask(ptr, "PTR").answer) == {f"{ptr} 5 IN PTR web-a.default.pod.gua.example.com."}
+    apply(zone, Delete("Pod", "default", "web-a"))
+    assert rrsets_text(zone.ask(ptr, "PTR").answer) == {f"{ptr} 5 IN PTR web-b.default.pod.gua.example.com."}
+    apply(zone, Delete("Pod", "default", "web-b"))
+    assert zone.ask(ptr, "PTR").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_annotation_name_moves_to_next_oldest_service(zone: Zone) -> None:
+    newer = service("web2", created="2026-05-01T00:00:00Z", annotations={"dnsd.io/hostname": "www.gua.example.com"})
+    apply(zone, Upsert(service_from(newer)))
+    apply(zone, Upsert(endpoint_slice_from(endpoint_slice("web2-1", "web2", endpoint("2001:db8:9::9")), POLICY)))
+    assert rrsets_text(zone.ask("www.gua.example.com.", "AAAA").answer) == {
+        "www.gua.example.com. 5 IN AAAA 2001:db8:1::a"
+    }
+    assert zone.index.conflicts > 0
+    apply(zone, Delete("Service", "default", "web"))
+    assert rrsets_text(zone.ask("www.gua.example.com.", "AAAA").answer) == {
+        "www.gua.example.com. 5 IN AAAA 2001:db8:9::9"
+    }
+
+
+def test_failed_update_keeps_previous_answers(zone: Zone, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dnsd.zone
+
+    before = dict(zone.index.nodes)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("render bug")
+
+    monkeypatch.setattr(dnsd.zone, "render", broken)
+    with pytest.raises(RuntimeError):
+        apply(zone, Upsert(pod_from(pod("web-a", "2001:db8:1::b"), POLICY)))
+    assert zone.index.nodes == before
+    monkeypatch.undo()
+    assert rrsets_text(zone.ask("web.default.svc.gua.example.com.", "AAAA").answer) == {
+        "web.default.svc.gua.example.com. 5 IN AAAA 2001:db8:1::a"
+    }
+    # the same event again, once rendering works, is applied in full
+    zone.index.update(
+        zone.store.apply(Upsert(pod_from(pod("web-a", "2001:db8:1::b"), POLICY))) or _all(zone), zone.store
+    )
+    assert rrsets_text(zone.ask("web-a.default.pod.gua.example.com.", "AAAA").answer) == {
+        "web-a.default.pod.gua.example.com. 5 IN AAAA 2001:db8:1::b"
+    }
+
+
+def test_slice_moving_between_services(zone: Zone) -> None:
+    moved = endpoint_slice("web-1", "solo", endpoint("2001:db8:1::a", pod="web-a"))
+    apply(zone, Upsert(endpoint_slice_from(moved, POLICY)))
+    assert zone.ask("web.default.svc.gua.example.com.", "AAAA").answer == []
+    apply(zone, Upsert(service_from(service("solo"))))
+    assert rrsets_text(zone.ask("solo.default.svc.gua.example.com.", "AAAA").answer) == {
+        "solo.default.svc.gua.example.com. 5 IN AAAA 2001:db8:1::a"
+    }
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        ({"kind": "ConfigMap", "metadata": {"name": "x"}}, None),
+        ({"kind": "EndpointSlice", "metadata": {"name": "x"}, "addressType": "FQDN"}, None),
+    ],
+)
+def test_kinds_not_served(obj: dict, expected: object) -> None:
+    assert record_from(obj, POLICY) is expected
+
+
+def test_sparse_objects_are_read_with_defaults() -> None:
+    bare_pod = pod_from({"kind": "Pod", "metadata": {"name": "p"}}, POLICY)
+    assert bare_pod.namespace == "default" and bare_pod.addresses == () and bare_pod.active
+    legacy = pod_from({"kind": "Pod", "metadata": {"name": "p"}, "status": {"podIP": "2001:db8::1"}}, POLICY)
+    assert legacy.addresses == (bytes.fromhex("20010db8000000000000000000000001"),)
+    piece = endpoint_slice_from(
+        {
+            "kind": "EndpointSlice",
+            "metadata": {"name": "s"},
+            "endpoints": [{"addresses": ["not-an-ip", "2001:db8::1"]}, None],
+        },
+        POLICY,
+    )
+    assert piece is not None and piece.service is None
+    assert piece.endpoints[0].ready and piece.endpoints[0].serving
+
+
+def test_object_without_name_is_an_error() -> None:
+    from dnsd.records import RecordError
+
+    with pytest.raises(RecordError):
+        record_from({"kind": "Pod", "metadata": {}}, POLICY)
