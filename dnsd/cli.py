@@ -244,3 +244,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return asyncio.run(app.run(config, records))
     except KeyboardInterrupt:
         return 0
+
+
+def flags_markdown() -> str:
+    """The flags table of the README, generated from FLAGS so the two cannot drift."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for flag in FLAGS:
+        name = flag.names[0] + (f" {flag.metavar}" if flag.metavar and not flag.switch else "")
+        name = name.replace("|", "\\|")
+        default = flag.default or ("off" if flag.switch else "")
+        meaning = flag.help.replace("|", "\\|").replace("<", "&lt;")
+        rows.append(f"| `{name}` | `{flag.env}` | {default and f'`{default}`'} | {meaning} |")
+    return "\n".join(rows) + "\n"
