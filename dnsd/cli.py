@@ -241,9 +241,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"dnsd: configuration OK: zones {zones}; {config.from_file}: {counts}")
         return 0
     try:
-        return asyncio.run(app.run(config, records))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(app.run(config, records))
     except KeyboardInterrupt:
         return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (`pip install 'dnsd[uvloop]'`), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def flags_markdown() -> str:

@@ -16,7 +16,6 @@ import re
 from collections.abc import Iterable
 
 import dns.name
-import dns.reversename
 
 from dnsd.config import IPNetwork
 
@@ -86,27 +85,61 @@ def is_dns_label(text: str) -> bool:
     return _LABEL.fullmatch(text) is not None
 
 
-def child(label: str, parent: dns.name.Name) -> dns.name.Name:
-    """`label.parent`; raises dns.name.NameTooLong past 255 octets."""
-    return dns.name.Name((label.lower().encode("ascii"), *parent.labels))
+# Names inside the zone index are lower-cased uncompressed wire format (bytes): hashing and
+# comparing those is an order of magnitude cheaper than dns.name.Name, whose comparisons
+# lower-case every label every time, and it is the form the wire engine looks names up in.
 
 
-def service_name(zone: dns.name.Name, namespace: str, service: str) -> dns.name.Name:
-    return dns.name.Name((service.lower().encode(), namespace.lower().encode(), b"svc", *zone.labels))
+def label(text: str) -> bytes:
+    """One wire label of a text already checked with `is_dns_label`."""
+    raw = text.lower().encode("ascii")
+    return bytes((len(raw),)) + raw
 
 
-def pod_name(zone: dns.name.Name, namespace: str, pod: str) -> dns.name.Name:
-    return dns.name.Name((pod.lower().encode(), namespace.lower().encode(), b"pod", *zone.labels))
+def join(*parts: bytes) -> bytes | None:
+    """Concatenated wire labels ending in a wire name; None beyond 255 octets."""
+    wire = b"".join(parts)
+    return wire if len(wire) <= MAX_NAME_OCTETS else None
 
 
-def reverse_name(packed: bytes) -> dns.name.Name:
-    return dns.reversename.from_address(address_text(packed))
+def label_offsets(wire: bytes) -> list[int]:
+    """Start of every label of a wire name, the root label included."""
+    offsets, pos = [], 0
+    while True:
+        offsets.append(pos)
+        length = wire[pos]
+        if length == 0:
+            return offsets
+        pos += length + 1
 
 
-def zone_of(name: dns.name.Name, zones: Iterable[dns.name.Name]) -> dns.name.Name | None:
-    """The most specific zone containing name."""
+def is_within(wire: bytes, zone: bytes) -> bool:
+    """Whether a wire name is zone or below it (label-aligned)."""
+    if not wire.endswith(zone):
+        return False
+    return len(wire) - len(zone) in label_offsets(wire)
+
+
+def zone_of(wire: bytes, zones: Iterable[bytes]) -> bytes | None:
+    """The most specific zone (wire) containing a wire name."""
     best = None
     for zone in zones:
-        if name.is_subdomain(zone) and (best is None or len(zone) > len(best)):
+        if is_within(wire, zone) and (best is None or len(zone) > len(best)):
             best = zone
     return best
+
+
+def to_text(wire: bytes) -> str:
+    return dns.name.from_wire(wire, 0)[0].to_text()
+
+
+_IP6_ARPA = b"\x03ip6\x04arpa\x00"
+_IN_ADDR_ARPA = b"\x07in-addr\x04arpa\x00"
+
+
+def reverse_name(packed: bytes) -> bytes:
+    """The PTR owner of an address, as wire."""
+    if len(packed) == 16:
+        nibbles = packed.hex()[::-1]
+        return b"".join(b"\x01" + c.encode() for c in nibbles) + _IP6_ARPA
+    return b"".join(label(str(octet)) for octet in reversed(packed)) + _IN_ADDR_ARPA

@@ -7,6 +7,7 @@ which records exist, following the naming contract in `dnsd.names`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections import Counter
@@ -17,14 +18,7 @@ import dns.exception
 import dns.name
 
 from dnsd.config import Config
-from dnsd.names import (
-    child,
-    is_dns_label,
-    pod_name,
-    reverse_name,
-    service_name,
-    zone_of,
-)
+from dnsd.names import is_dns_label, join, label, reverse_name, to_text, zone_of
 from dnsd.records import Endpoint, EndpointSlice, Pod, Service
 from dnsd.store import Store
 
@@ -38,7 +32,8 @@ PROTOCOL_LABELS = {"TCP": "_tcp", "UDP": "_udp", "SCTP": "_sctp"}
 class Glue:
     """An address record sent in the additional section with an RRset (SRV targets, NS glue)."""
 
-    owner: dns.name.Name
+    owner: bytes
+    """Lower-cased wire name, like every name in a contribution."""
     rdtype: int
     ttl: int
     rdata: bytes
@@ -54,10 +49,28 @@ class RRset:
 
 
 NameData = Mapping[int, RRset]
-Contribution = dict[dns.name.Name, NameData]
+Contribution = dict[bytes, NameData]
 
 # Counts of things skipped, by reason; exported as metrics later.
 skipped: Counter[str] = Counter()
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneWires:
+    forward: tuple[bytes, ...]
+    reverse: tuple[bytes, ...]
+    reserved: tuple[tuple[bytes, bytes, bytes], ...]
+    """(zone, svc.zone, pod.zone) per forward zone: where annotation names may not go."""
+
+
+@functools.lru_cache(maxsize=8)
+def zone_wires(config: Config) -> ZoneWires:
+    forward = tuple(z.to_wire() for z in config.forward_zones)
+    return ZoneWires(
+        forward=forward,
+        reverse=tuple(z.to_wire() for z in config.reverse_zones),
+        reserved=tuple((z, b"\x03svc" + z, b"\x03pod" + z) for z in forward),
+    )
 
 
 def _address_rrsets(addresses: Iterable[bytes], ttl: int) -> dict[int, RRset]:
@@ -71,7 +84,7 @@ def _address_rrsets(addresses: Iterable[bytes], ttl: int) -> dict[int, RRset]:
     return data
 
 
-def _glue(owner: dns.name.Name, addresses: Iterable[bytes], ttl: int) -> list[Glue]:
+def _glue(owner: bytes, addresses: Iterable[bytes], ttl: int) -> list[Glue]:
     return [Glue(owner, AAAA if len(a) == 16 else A, ttl, a) for a in sorted(set(addresses))]
 
 
@@ -127,17 +140,19 @@ def served_endpoints(service: Service, slices: list[EndpointSlice], store: Store
             pod = store.pods.get((service.namespace, endpoint.pod))
             if pod is not None:
                 addresses = addresses + [a for a in pod.addresses if a not in addresses]
-        label = endpoint.hostname or endpoint.pod
-        if label is not None and not is_dns_label(label):
+        endpoint_label = endpoint.hostname or endpoint.pod
+        if endpoint_label is not None and not is_dns_label(endpoint_label):
             _skip(
                 "invalid_label",
                 "%s/%s: endpoint name %r is not a DNS label; it gets no name",
                 service.namespace,
                 service.name,
-                label,
+                endpoint_label,
             )
-            label = None
-        result.append(ServedEndpoint(label.lower() if label else None, tuple(addresses), tuple(ports)))
+            endpoint_label = None
+        result.append(
+            ServedEndpoint(endpoint_label.lower() if endpoint_label else None, tuple(addresses), tuple(ports))
+        )
     return result
 
 
@@ -151,8 +166,9 @@ def is_exposed(service: Service, config: Config) -> bool:
     return config.expose_default if service.expose is None else service.expose
 
 
-def annotation_names(service: Service, config: Config) -> list[dns.name.Name]:
+def annotation_names(service: Service, config: Config) -> list[bytes]:
     """The valid names from the hostname annotations; the rest are logged and counted."""
+    wires = zone_wires(config)
     names = []
     for text in service.hostnames:
         where = f"{service.namespace}/{service.name}: hostname {text!r}"
@@ -161,70 +177,69 @@ def annotation_names(service: Service, config: Config) -> list[dns.name.Name]:
         except dns.exception.DNSException:
             _skip("invalid_hostname", "%s is not a valid name; ignored", where)
             continue
-        if any(label == b"*" for label in name.labels):
+        if any(part == b"*" for part in name.labels):
             _skip("invalid_hostname", "%s is a wildcard; ignored", where)
             continue
-        if not all(is_dns_label(label.decode("ascii", "replace")) for label in name.labels[:-1]):
+        if not all(is_dns_label(part.decode("ascii", "replace")) for part in name.labels[:-1]):
             _skip("invalid_hostname", "%s has an invalid label; ignored", where)
             continue
-        zone = zone_of(name, config.forward_zones)
+        wire = name.to_wire()
+        zone = zone_of(wire, wires.forward)
         if zone is None:
             _skip("invalid_hostname", "%s is outside every forward zone; ignored", where)
             continue
-        reserved = (dns.name.Name((b"svc", *zone.labels)), dns.name.Name((b"pod", *zone.labels)))
-        if name == zone or any(name.is_subdomain(r) for r in reserved):
+        _apex, svc, pod = next(r for r in wires.reserved if r[0] == zone)
+        if wire == zone or wire.endswith(svc) or wire.endswith(pod):
             _skip("invalid_hostname", "%s is the apex or under svc./pod.; ignored", where)
             continue
-        names.append(name)
+        names.append(wire)
     return names
 
 
 def service_contribution(service: Service | None, store: Store, config: Config) -> Contribution:
     if service is None or not is_exposed(service, config):
         return {}
+    where = f"{service.namespace}/{service.name}"
+    if not (is_dns_label(service.name) and is_dns_label(service.namespace)):
+        _skip("invalid_label", "service %s: name or namespace is not a DNS label; it gets no name", where)
+        return {}
     ttl = service_ttl(service, config)
+    middle = label(service.name) + label(service.namespace) + b"\x03svc"
     bases = []
-    for zone in config.forward_zones:
-        try:
-            bases.append(service_name(zone, service.namespace, service.name))
-        except dns.name.NameTooLong:
-            _skip("name_too_long", "%s/%s: name too long in %s", service.namespace, service.name, zone)
+    for zone in zone_wires(config).forward:
+        base = join(middle, zone)
+        if base is None:
+            _skip("name_too_long", "service %s: name too long in %s", where, to_text(zone))
+        else:
+            bases.append(base)
     aliases = annotation_names(service, config)
-    contribution: Contribution = {}
     if service.external_name is not None:
         try:
-            target = dns.name.from_text(service.external_name.rstrip(".") + ".").canonicalize()
+            target = dns.name.from_text(service.external_name.rstrip(".") + ".").canonicalize().to_wire()
         except dns.exception.DNSException:
             _skip(
-                "invalid_external_name",
-                "%s/%s: externalName %r is not a valid name",
-                service.namespace,
-                service.name,
-                service.external_name,
+                "invalid_external_name", "service %s: externalName %r is not a valid name", where, service.external_name
             )
             return {name: {} for name in bases}
-        data = {CNAME: RRset(CNAME, ttl, (target.to_wire(),))}
+        data = {CNAME: RRset(CNAME, ttl, (target,))}
         return {name: data for name in bases + aliases}
     endpoints = served_endpoints(service, store.slices_of(service.key), store)
-    addresses = {a for e in endpoints for a in e.addresses}
-    service_data = _address_rrsets(addresses, ttl)
-    for name in bases + aliases:
-        contribution[name] = service_data
+    service_data = _address_rrsets({a for e in endpoints for a in e.addresses}, ttl)
+    contribution: Contribution = {name: service_data for name in bases + aliases}
+    by_label: dict[str, set[bytes]] = {}
+    for endpoint in endpoints:
+        if endpoint.label is not None:
+            by_label.setdefault(endpoint.label, set()).update(endpoint.addresses)
     for base in bases:
-        by_label: dict[str, set[bytes]] = {}
-        for endpoint in endpoints:
-            if endpoint.label is not None:
-                by_label.setdefault(endpoint.label, set()).update(endpoint.addresses)
-        targets: dict[str, dns.name.Name] = {}
-        for label, label_addresses in by_label.items():
-            try:
-                name = child(label, base)
-            except dns.name.NameTooLong:
-                _skip("name_too_long", "%s.%s: name too long; skipped", label, base)
+        targets: dict[str, bytes] = {}
+        for name_label, label_addresses in by_label.items():
+            name = join(label(name_label), base)
+            if name is None:
+                _skip("name_too_long", "%s.%s: name too long; skipped", name_label, to_text(base))
                 continue
-            targets[label] = name
+            targets[name_label] = name
             contribution[name] = _address_rrsets(label_addresses, ttl)
-        srv: dict[dns.name.Name, tuple[set[bytes], list[Glue]]] = {}
+        srv: dict[bytes, tuple[set[bytes], set[Glue]]] = {}
         for endpoint in endpoints:
             target = targets.get(endpoint.label) if endpoint.label else None
             if target is None:
@@ -233,44 +248,42 @@ def service_contribution(service: Service | None, store: Store, config: Config) 
                 proto_label = PROTOCOL_LABELS.get(protocol.upper())
                 if not port_name or proto_label is None or not is_dns_label(port_name):
                     continue
-                try:
-                    owner = dns.name.Name((b"_" + port_name.lower().encode(), proto_label.encode(), *base.labels))
-                except dns.name.NameTooLong:
-                    _skip("name_too_long", "_%s.%s.%s: name too long; skipped", port_name, proto_label, base)
+                owner = join(label("_" + port_name), label(proto_label), base)
+                if owner is None:
+                    _skip("name_too_long", "_%s.%s.%s: name too long; skipped", port_name, proto_label, to_text(base))
                     continue
-                rdatas, glue = srv.setdefault(owner, (set(), []))
-                rdatas.add(struct.pack("!HHH", 0, 1, port) + target.to_wire())
-                glue.extend(_glue(target, by_label[endpoint.label], ttl))
+                rdatas, glue = srv.setdefault(owner, (set(), set()))
+                rdatas.add(struct.pack("!HHH", 0, 1, port) + target)
+                glue.update(_glue(target, by_label[endpoint.label], ttl))
         for owner, (rdatas, glue) in srv.items():
-            unique_glue = tuple(sorted(set(glue), key=lambda g: (g.owner, g.rdtype, g.rdata)))
-            contribution[owner] = {SRV: RRset(SRV, ttl, tuple(sorted(rdatas)), unique_glue)}
+            ordered_glue = tuple(sorted(glue, key=lambda g: (g.owner, g.rdtype, g.rdata)))
+            contribution[owner] = {SRV: RRset(SRV, ttl, tuple(sorted(rdatas)), ordered_glue)}
     return contribution
 
 
 def pod_contribution(pod: Pod | None, config: Config) -> Contribution:
-    if pod is None or not config.pod_records or not pod.active or pod.host_network:
+    if pod is None or not config.pod_records or not pod.active or pod.host_network or not pod.addresses:
         return {}
-    if not pod.addresses:
-        return {}
-    if not is_dns_label(pod.name):
+    if not (is_dns_label(pod.name) and is_dns_label(pod.namespace)):
         _skip("invalid_label", "pod %s/%s: name is not a DNS label; it gets no name", pod.namespace, pod.name)
         return {}
-    contribution: Contribution = {}
-    names = []
-    for zone in config.forward_zones:
-        try:
-            names.append(pod_name(zone, pod.namespace, pod.name))
-        except dns.name.NameTooLong:
-            _skip("name_too_long", "pod %s/%s: name too long in %s", pod.namespace, pod.name, zone)
+    wires = zone_wires(config)
+    middle = label(pod.name) + label(pod.namespace) + b"\x03pod"
     data = _address_rrsets(pod.addresses, config.ttl)
-    for name in names:
+    contribution: Contribution = {}
+    for zone in wires.forward:
+        name = join(middle, zone)
+        if name is None:
+            _skip("name_too_long", "pod %s/%s: name too long in %s", pod.namespace, pod.name, to_text(zone))
+            continue
         contribution[name] = data
-    if names and names[0].is_subdomain(config.forward_zones[0]) and config.reverse_zones:
-        ptr = RRset(PTR, config.ttl, (names[0].to_wire(),))
+    first = join(middle, wires.forward[0]) if wires.forward else None
+    if first is not None and wires.reverse:
+        ptr = {PTR: RRset(PTR, config.ttl, (first,))}
         for address in pod.addresses:
             reverse = reverse_name(address)
-            if zone_of(reverse, config.reverse_zones) is not None:
-                contribution[reverse] = {PTR: ptr}
+            if zone_of(reverse, wires.reverse) is not None:
+                contribution[reverse] = ptr
     return contribution
 
 
@@ -293,22 +306,20 @@ def soa_mname(zone: dns.name.Name, config: Config) -> dns.name.Name:
 
 def static_contribution(config: Config, serial: int) -> Contribution:
     """Apex SOA and NS of every zone, and addresses of in-zone name servers."""
+    zones = [z.to_wire() for z in config.zones]
     contribution: Contribution = {}
-    glue_names: dict[dns.name.Name, list[bytes]] = {}
+    glue_addresses: dict[bytes, list[bytes]] = {}
     for server in config.ns:
-        glue_names.setdefault(server.name, []).extend(a.packed for a in server.addresses)
+        glue_addresses.setdefault(server.name.to_wire(), []).extend(a.packed for a in server.addresses)
     for zone in config.zones:
-        servers = [s.name for s in config.ns] or [soa_mname(zone, config)]
-        glue = []
-        for name in servers:
-            if zone_of(name, config.zones) is not None:
-                glue.extend(_glue(name, glue_names.get(name, ()), config.ttl))
-        contribution[zone] = {
+        servers = [s.name.to_wire() for s in config.ns] or [soa_mname(zone, config).to_wire()]
+        glue = [g for name in servers for g in _glue(name, glue_addresses.get(name, ()), config.ttl)]
+        contribution[zone.to_wire()] = {
             SOA: RRset(SOA, config.ttl, (soa_rdata(zone, config, serial),)),
-            NS: RRset(NS, config.ttl, tuple(sorted(n.to_wire() for n in servers)), tuple(glue)),
+            NS: RRset(NS, config.ttl, tuple(sorted(servers)), tuple(glue)),
         }
-    for name, addresses in glue_names.items():
-        if addresses and zone_of(name, config.zones) is not None:
+    for name, addresses in glue_addresses.items():
+        if addresses and zone_of(name, zones) is not None:
             data = dict(contribution.get(name, {}))
             data.update(_address_rrsets(addresses, config.ttl))
             contribution[name] = data

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import dns.name
 
 from dnsd.config import Config
+from dnsd.names import label_offsets, to_text
 from dnsd.records import Pod, Service
 from dnsd.rrsets import (
     AAAA,
@@ -94,26 +95,21 @@ class Node:
             self.any = next(iter(answers.values()))
 
 
-def compressed_name(name: dns.name.Name, qname: dns.name.Name) -> bytes:
-    """name in wire form, as a pointer into a question name at offset 12 where they share a suffix."""
-    n_labels, q_labels = name.labels, qname.labels
-    common = 0
-    while (
-        common < len(n_labels) - 1
-        and common < len(q_labels) - 1
-        and n_labels[-2 - common].lower() == q_labels[-2 - common].lower()
-    ):
-        common += 1
-    if common == 0:
-        return name.to_wire()
-    keep = len(n_labels) - 1 - common
-    offset = 12 + sum(len(label) + 1 for label in q_labels[: len(q_labels) - 1 - common])
-    prefix = b"".join(bytes((len(label),)) + label for label in n_labels[:keep])
-    return prefix + struct.pack("!H", 0xC000 | offset)
+def compressed_name(name: bytes, qname: bytes) -> bytes:
+    """A wire name as a pointer into the question name (at offset 12) where they share a suffix."""
+    question_offsets = set(label_offsets(qname))
+    for offset in label_offsets(name):
+        suffix = name[offset:]
+        if suffix == b"\x00":
+            break
+        start = len(qname) - len(suffix)
+        if start in question_offsets and qname[start:] == suffix:
+            return name[:offset] + struct.pack("!H", 0xC000 | (12 + start))
+    return name
 
 
-def render(name: dns.name.Name, data: NameData, zone: ZoneInfo, max_answers: int | None) -> Node:
-    question_size = len(name.to_wire()) + 4
+def render(name: bytes, data: NameData, zone: ZoneInfo, max_answers: int | None) -> Node:
+    question_size = len(name) + 4
     answers: dict[int, Answer] = {}
     for rdtype, rrset in data.items():
         records = tuple(b"\xc0\x0c" + RR_FIXED.pack(rdtype, CLASS_IN, rrset.ttl, len(rd)) + rd for rd in rrset.rdatas)
@@ -145,7 +141,6 @@ class Index:
         self.config = config
         self.nodes: dict[bytes, Node] = {}
         self.zones: dict[bytes, ZoneInfo] = {z.to_wire(): ZoneInfo(z) for z in config.zones}
-        self._zone_list = sorted(self.zones.values(), key=lambda z: -len(z.apex))
         self.synced = False
         self.serial = int(now) & 0xFFFFFFFF
         self.generation = 0
@@ -154,9 +149,9 @@ class Index:
         """Answers changed since the serial last advanced."""
         self.conflicts = 0
         self._owned: dict[Owner, Contribution] = {}
-        self._claims: dict[dns.name.Name, dict[Owner, tuple[Priority, NameData]]] = {}
-        self._published: dict[dns.name.Name, NameData] = {}
-        self._below: dict[dns.name.Name, int] = {}
+        self._claims: dict[bytes, dict[Owner, tuple[Priority, NameData]]] = {}
+        self._published: dict[bytes, NameData] = {}
+        self._below: dict[bytes, int] = {}
         self._set_owner(STATIC, static_contribution(config, self.serial), ("", "", ""))
         self._refresh_soa()
         self.dirty = False
@@ -244,42 +239,40 @@ class Index:
         for name, data, node in rendered:
             self._publish(name, data, node)
 
-    def _winner(self, name: dns.name.Name, claims: dict[Owner, tuple[Priority, NameData]]) -> NameData | None:
+    def _winner(self, name: bytes, claims: dict[Owner, tuple[Priority, NameData]]) -> NameData | None:
         if not claims:
             return None
         if len(claims) == 1:
             return next(iter(claims.values()))[1]
         ranked = sorted(claims.items(), key=lambda item: item[1][0])
-        if name.labels[-2:-1] != (b"arpa",):
+        if not name.endswith(b"\x04arpa\x00"):
             self.conflicts += 1
             log.warning(
                 "%s is claimed by %s; %s wins (oldest)",
-                name,
+                to_text(name),
                 ", ".join("/".join(o[1:]) for o, _ in ranked),
                 "/".join(ranked[0][0][1:]),
             )
         return ranked[0][1][1]
 
-    def _zone_of(self, name: dns.name.Name) -> ZoneInfo:
-        for zone in self._zone_list:
-            if name.is_subdomain(zone.apex):
-                return zone
-        raise ValueError(f"{name} is outside every zone")
+    def _zone_of(self, name: bytes) -> ZoneInfo:
+        zone = self.zone_for(name)
+        if zone is None:
+            raise ValueError(f"{to_text(name)} is outside every zone")
+        return zone
 
-    def _ancestors(self, name: dns.name.Name) -> Iterable[dns.name.Name]:
-        apex = self._zone_of(name).apex
-        current = name
-        while current != apex:
-            current = current.parent()
-            if current == apex:
-                break
-            yield current
+    def _ancestors(self, name: bytes) -> Iterable[bytes]:
+        """The names strictly between name and its zone's apex."""
+        apex_size = len(self._zone_of(name).apex_wire)
+        pos = name[0] + 1
+        while len(name) - pos > apex_size:
+            yield name[pos:]
+            pos += name[pos] + 1
 
-    def _publish(self, name: dns.name.Name, data: NameData | None, node: Node | None) -> None:
+    def _publish(self, name: bytes, data: NameData | None, node: Node | None) -> None:
         previous = self._published.get(name)
-        if data is not None and previous is not None and previous == data:
+        if previous == data:
             return
-        key = name.to_wire()
         self.dirty = True
         self.generation += 1
         if data is not None and node is not None:
@@ -288,17 +281,15 @@ class Index:
                     count = self._below.get(ancestor, 0) + 1
                     self._below[ancestor] = count
                     if count == 1 and ancestor not in self._published:
-                        self.nodes[ancestor.to_wire()] = Node(self._zone_of(ancestor), {})
+                        self.nodes[ancestor] = Node(self._zone_of(ancestor), {})
             self._published[name] = data
-            self.nodes[key] = node
-            return
-        if previous is None:
+            self.nodes[name] = node
             return
         del self._published[name]
         if self._below.get(name, 0) > 0:
-            self.nodes[key] = Node(self._zone_of(name), {})
+            self.nodes[name] = Node(self._zone_of(name), {})
         else:
-            self.nodes.pop(key, None)
+            self.nodes.pop(name, None)
         for ancestor in self._ancestors(name):
             count = self._below[ancestor] - 1
             if count:
@@ -306,10 +297,10 @@ class Index:
                 continue
             del self._below[ancestor]
             if ancestor not in self._published:
-                self.nodes.pop(ancestor.to_wire(), None)
+                self.nodes.pop(ancestor, None)
 
 
 def rrset_of(index: Index, name: dns.name.Name, rdtype: int) -> RRset | None:
     """The published RRset at name (for tests and tools)."""
-    data = index._published.get(name.canonicalize())
+    data = index._published.get(name.canonicalize().to_wire())
     return None if data is None else data.get(rdtype)

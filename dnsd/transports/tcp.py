@@ -50,6 +50,8 @@ class TcpListener:
         self.rejected = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._idle: set[asyncio.Task[None]] = set()
+        """Connections waiting for their next query: closing them loses nothing."""
 
     @property
     def address(self) -> tuple:
@@ -59,19 +61,17 @@ class TcpListener:
         self._server = await asyncio.start_server(self._serve, sock=self.sock)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let open connections finish their current queries, then cut them."""
+        """Stop accepting, end idle connections, let busy ones finish within timeout, then cut them."""
         if self._server is not None:
             self._server.close()
+        for task in self._idle:
+            task.cancel()
         if self._connections:
             _done, pending = await asyncio.wait(set(self._connections), timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-
-    def stop_reading(self) -> None:
-        """Make idle connections end: they are closed after the query in hand is answered."""
-        self.idle_timeout = 0.0
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.max_connections:
@@ -94,13 +94,19 @@ class TcpListener:
                 await writer.wait_closed()
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
-            async with asyncio.timeout(self.idle_timeout):
-                prefix = await reader.readexactly(2)
+            self._idle.add(task)
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    prefix = await reader.readexactly(2)
+            finally:
+                self._idle.discard(task)
             length = int.from_bytes(prefix, "big")
             if length == 0:
                 return
-            async with asyncio.timeout(max(self.idle_timeout, 1.0)):
+            async with asyncio.timeout(self.idle_timeout):
                 query = await reader.readexactly(length)
             reply = self.respond(query)
             if reply is None:
