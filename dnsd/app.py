@@ -149,6 +149,6 @@ async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -
     log.info("shutting down")
     await server.close()
     feeder.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # already reported above
         await feeder
     return 0

@@ -130,6 +130,7 @@ FLAGS: tuple[Flag, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dnsd",
+        allow_abbrev=False,
         description="Authoritative DNS for Kubernetes pods' global addresses (AAAA/A, SRV, PTR).",
         epilog="Every flag can be set as DNSD_<NAME> in the environment, e.g. DNSD_ZONE=a.example,b.example.",
     )

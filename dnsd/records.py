@@ -145,6 +145,16 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _list(obj: Mapping[str, Any], field: str, where: str) -> list[Any]:
+    """A list-valued field; absent or null is empty, anything else is an error."""
+    value = obj.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecordError(f"{where}: {field} is a {type(value).__name__}, not a list")
+    return value
+
+
 def _packed(values: Any, policy: AddressPolicy) -> tuple[bytes, ...]:
     if not isinstance(values, list):
         return ()
@@ -220,12 +230,12 @@ def endpoint_slice_from(obj: Mapping[str, Any], policy: AddressPolicy) -> Endpoi
     labels = _mapping(meta.get("labels"))
     service = labels.get(SERVICE_NAME_LABEL)
     ports = []
-    for port in obj.get("ports") or ():
+    for port in _list(obj, "ports", name):
         port = _mapping(port)
         number = port.get("port")
         if isinstance(number, int) and not isinstance(number, bool):
             ports.append(Port(str(port.get("name") or ""), str(port.get("protocol") or "TCP"), number))
-    endpoints = tuple(_endpoint_from(_mapping(e), policy) for e in obj.get("endpoints") or () if e is not None)
+    endpoints = tuple(_endpoint_from(_mapping(e), policy) for e in _list(obj, "endpoints", name) if e is not None)
     trigger = _mapping(meta.get("annotations")).get(TRIGGER_TIME_ANNOTATION)
     return EndpointSlice(
         namespace=namespace,
@@ -241,7 +251,7 @@ def pod_from(obj: Mapping[str, Any], policy: AddressPolicy) -> Pod:
     meta, namespace, name = _metadata(obj)
     spec = _mapping(obj.get("spec"))
     status = _mapping(obj.get("status"))
-    ips = [_mapping(entry).get("ip") for entry in status.get("podIPs") or ()]
+    ips = [_mapping(entry).get("ip") for entry in _list(status, "podIPs", name)]
     if not ips and isinstance(status.get("podIP"), str):
         ips = [status["podIP"]]
     finished = status.get("phase") in ("Succeeded", "Failed")

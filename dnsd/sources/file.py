@@ -82,6 +82,8 @@ def parse_objects(text: str, policy: AddressPolicy, *, origin: str = "<input>") 
                 record = record_from(obj, policy)
             except RecordError as exc:
                 raise FileError(f"{origin}: object {number} ({obj.get('kind')}): {exc}") from None
+            except Exception as exc:  # any other shape of garbage: still this file's fault
+                raise FileError(f"{origin}: object {number} ({obj.get('kind')}) cannot be read: {exc!r}") from None
             if record is not None:
                 records[record.kind_name].append(record)
     return records
@@ -143,6 +145,10 @@ class FileSource:
             except FileError as exc:
                 self.failures += 1
                 log.error("%s; keeping the last good data", exc)
+                continue
+            except Exception:  # a bug must not end reloading: the next good file still counts
+                self.failures += 1
+                log.exception("%s: reload failed; keeping the last good data", self.path)
                 continue
             self.loads += 1
             log.info("%s: reloaded (%s)", self.path, _summary(records))
