@@ -169,7 +169,19 @@ def _bundled_example() -> str:
 
 def load(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Config, dict[str, Any]]:
     """Parse and validate; raises UsageError or ConfigError."""
-    values = _merged(build_parser().parse_args(list(argv)), env)
+    args = build_parser().parse_args(list(argv))
+    try:
+        return _load(args, env)
+    except ConfigError as exc:
+        # Name the environment variable when that is where the bad value came from.
+        flag = next((f for f in FLAGS if str(exc).startswith(f.names[0] + ":")), None)
+        if flag is not None and getattr(args, flag.dest) in (None, [], False) and flag.env in env:
+            raise ConfigError(f"{flag.env} (environment): {exc}") from None
+        raise
+
+
+def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dict[str, Any]]:
+    values = _merged(args, env)
     zones = [parse_zone(z) for z in values["zone"]]
     from_file = values["from_file"]
     if values["demo"]:
