@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import time
 
 from dnsd import wire
@@ -52,15 +54,13 @@ class Server:
         listens = list(self.config.listen)
         for entry in listens:
             try:
-                udp_sock = udp.open_socket(entry)
-                port = udp_sock.getsockname()[1]
-                tcp_sock = tcp.open_socket(Listen(entry.host, port))
+                udp_sock, tcp_sock = _open_pair(entry)
             except OSError as exc:
-                if entry == Listen("::", 5353) and listens == [entry]:
+                no_ipv6 = exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+                if no_ipv6 and entry == Listen("::", 5353) and listens == [entry]:
                     log.warning("cannot listen on %s (%s); trying 0.0.0.0:5353", entry, exc.strerror)
                     entry = Listen("0.0.0.0", 5353)
-                    udp_sock = udp.open_socket(entry)
-                    tcp_sock = tcp.open_socket(entry)
+                    udp_sock, tcp_sock = _open_pair(entry)
                 else:
                     raise OSError(exc.errno, f"cannot listen on {entry}: {exc.strerror}") from None
             self.udp.append(udp.UdpListener(udp_sock, self.respond_udp))
@@ -122,6 +122,21 @@ class Server:
         await asyncio.gather(*(listener.close() for listener in self.tcp))
         if self._serial_timer is not None:
             self._serial_timer.cancel()
+
+
+def _open_pair(entry: Listen) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on one address and port. Port 0 takes a port the kernel picks for
+    UDP and also free for TCP: a TIME_WAIT connection may hold the first pick's TCP side."""
+    attempts = 20 if entry.port == 0 else 1
+    for attempt in range(attempts):
+        udp_sock = udp.open_socket(entry)
+        try:
+            return udp_sock, tcp.open_socket(Listen(entry.host, udp_sock.getsockname()[1]))
+        except OSError as exc:
+            udp_sock.close()
+            if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -> int:
