@@ -92,6 +92,10 @@ OBJECTS = [
         endpoint("2001:db8:7::5", pod="x" * 64),
     ),
     pod("dotted.pod", "2001:db8:7::1"),
+    # split: endpoints in two slices with different ports; each SRV takes its own slice's port
+    service("split"),
+    endpoint_slice("split-1", "split", endpoint("2001:db8:f::1", hostname="one"), ports=[("http", "TCP", 8080)]),
+    endpoint_slice("split-2", "split", endpoint("2001:db8:f::2", hostname="two"), ports=[("http", "TCP", 9090)]),
     # host network: no pod name, no PTR; its address still answers for its Service
     service("node-agent"),
     endpoint_slice("node-agent-1", "node-agent", endpoint("2001:db8:8::1", pod="agent-x")),
@@ -225,6 +229,15 @@ CASES = [
             "_metrics._udp.db.default.svc.gua.example.com. 5 IN SRV 0 1 9187 db-1.db.default.svc.gua.example.com.",
         ],
         id="srv-port-from-own-slice",
+    ),
+    Case(
+        "_http._tcp.split.default.svc.gua.example.com.",
+        "SRV",
+        answer=[
+            "_http._tcp.split.default.svc.gua.example.com. 5 IN SRV 0 1 8080 one.split.default.svc.gua.example.com.",
+            "_http._tcp.split.default.svc.gua.example.com. 5 IN SRV 0 1 9090 two.split.default.svc.gua.example.com.",
+        ],
+        id="srv-port-per-slice",
     ),
     Case(
         "db.default.svc.gua.example.com.",
