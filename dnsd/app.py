@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -17,14 +18,19 @@ import time
 from dnsd import wire
 from dnsd.config import Config, Listen
 from dnsd.names import AddressPolicy
-from dnsd.records import Kind, Record, Synced
+from dnsd.records import Event, Kind, Record, Resync, Synced
 from dnsd.sources.file import FileSource
-from dnsd.store import Store
+from dnsd.sources.kubernetes import Credentials, KubernetesSource
+from dnsd.store import Changes, Store
 from dnsd.transports import tcp, udp
 from dnsd.zone import Index
 
 log = logging.getLogger("dnsd")
 
+Source = FileSource | KubernetesSource
+
+UPDATE_SLICE = 0.005
+"""Longest stretch of index updates before the loop gets to answer queries again."""
 SERIAL_STEP = 1.0
 """The serial advances at most once per second, so bursts of changes cost one SOA rebuild."""
 
@@ -79,16 +85,35 @@ class Server:
         for listener in self.udp:
             log.info("listening on %s (UDP and TCP)", Listen(*listener.address[:2]))
 
-    def apply(self, event: object) -> None:
-        """Feed one source event through the store into the index."""
-        changes = self.store.apply(event)  # type: ignore[arg-type]
+    async def apply(self, event: Event) -> None:
+        """Feed one source event through the store into the index.
+
+        A Resync of a large cluster is applied in slices with the loop free in between, so
+        queries keep being answered (from the old data, then the new, name by name)."""
+        if isinstance(event, Resync):
+            for changes in self.store.resync_steps(event):
+                await self._update(changes)
+        else:
+            await self._update(self.store.apply(event))
         if isinstance(event, Synced) and not self.index.synced:
             self.index.synced = True
             self.index.generation += 1
             log.info("synced: %d names in %d zones", len(self.index), len(self.config.zones))
-        if changes:
-            self.index.update(changes, self.store)
+            gc.collect()
+            gc.freeze()  # the records of the first sync stay; the collector need not scan them again
         self._schedule_serial()
+
+    async def _update(self, changes: Changes) -> None:
+        """Rebuild the touched owners, yielding to the loop every UPDATE_SLICE seconds."""
+        services, pods = sorted(changes.services), sorted(changes.pods)
+        deadline = time.monotonic() + UPDATE_SLICE
+        for kind, keys in (("services", services), ("pods", pods)):
+            for key in keys:
+                self.index.update(Changes(**{kind: {key}}), self.store)
+                if time.monotonic() > deadline:
+                    self._schedule_serial()
+                    await asyncio.sleep(0)
+                    deadline = time.monotonic() + UPDATE_SLICE
 
     def _schedule_serial(self) -> None:
         if not self.index.dirty or self._serial_timer is not None:
@@ -103,10 +128,10 @@ class Server:
         if self.index.advance_serial(time.time()):
             log.debug("serial %d", self.index.serial)
 
-    async def feed(self, source: FileSource, initial: dict[Kind, list[Record]] | None) -> None:
+    async def feed(self, source: Source, initial: dict[Kind, list[Record]] | None) -> None:
         async for event in source.events(initial):
             try:
-                self.apply(event)
+                await self.apply(event)
             except Exception:  # a bug in one update must not stop the source or the server
                 log.exception("failed to apply %s; the previous answers keep serving", type(event).__name__)
 
@@ -141,8 +166,16 @@ def _open_pair(entry: Listen) -> tuple[socket.socket, socket.socket]:
 
 async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -> int:
     server = Server(config)
-    assert config.from_file is not None
-    source = FileSource(config.from_file, server.policy, interval=config.reload_interval)
+    source: Source
+    if config.from_file is not None:
+        source = FileSource(config.from_file, server.policy, interval=config.reload_interval)
+    else:
+        source = KubernetesSource(
+            Credentials(config.kubeconfig, config.context),
+            server.policy,
+            namespaces=config.namespaces,
+            label_selector=config.label_selector,
+        )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -78,6 +78,14 @@ FLAGS: tuple[Flag, ...] = (
         "serve the Kubernetes objects in this YAML/JSON file ('-' = stdin), reloaded on change",
         "PATH",
     ),
+    Flag(
+        ("--kubeconfig",),
+        "kubeconfig to reach the API server (default: in-cluster service account when in a "
+        "pod, else $KUBECONFIG or ~/.kube/config)",
+        "PATH",
+    ),
+    Flag(("--context",), "kubeconfig context (default: the current one)", "NAME"),
+    Flag(("--label-selector",), "publish only Services matching this label selector", "SELECTOR"),
     Flag(("--ttl",), "TTL of answers, seconds", "SECONDS", default="5"),
     Flag(("--max-ttl",), "upper bound for the dnsd.io/ttl annotation, seconds", "SECONDS", default="300"),
     Flag(
@@ -216,12 +224,13 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dic
         log_level=values["log_level"].lower(),
         log_format=values["log_format"],
         tcp_idle_timeout=float(parse_int(values["tcp_idle_timeout"], flag="--tcp-idle-timeout", low=1)),
+        kubeconfig=values["kubeconfig"] or None,
+        context=values["context"] or None,
+        label_selector=values["label_selector"] or None,
     )
     validate(config)
-    if config.from_file is None:
-        raise ConfigError(
-            "no data source: give --from-file PATH (or --demo); watching a Kubernetes API is not built yet"
-        )
+    if config.from_file is not None and (config.kubeconfig or config.context or config.label_selector):
+        raise ConfigError("--from-file serves a file; --kubeconfig, --context and --label-selector are for a cluster")
     return config, values
 
 
@@ -242,17 +251,34 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"dnsd: error: {exc}", file=sys.stderr)
         return 1 if checking else 2
     logs.configure(config.log_level, config.log_format)
-    assert config.from_file is not None
-    try:
-        records = read_records(config.from_file, AddressPolicy(config.publish_prefixes))
-    except FileError as exc:
-        print(f"dnsd: error: {exc}", file=sys.stderr)
-        return 1
-    if checking:
-        counts = ", ".join(f"{len(v)} {k}s" for k, v in records.items())
-        zones = ", ".join(str(z) for z in config.zones)
-        print(f"dnsd: configuration OK: zones {zones}; {config.from_file}: {counts}")
-        return 0
+    records = None
+    zones = ", ".join(str(z) for z in config.zones)
+    if config.from_file is not None:
+        try:
+            records = read_records(config.from_file, AddressPolicy(config.publish_prefixes))
+        except FileError as exc:
+            print(f"dnsd: error: {exc}", file=sys.stderr)
+            return 1
+        if checking:
+            counts = ", ".join(f"{len(v)} {k}s" for k, v in records.items())
+            print(f"dnsd: configuration OK: zones {zones}; {config.from_file}: {counts}")
+            return 0
+    else:
+        from dnsd.sources.kubernetes import Credentials
+
+        credentials = Credentials(config.kubeconfig, config.context)
+        try:
+            credentials.reload()
+        except Exception as exc:  # the loaders raise many types; all mean "cannot reach the cluster"
+            print(
+                f"dnsd: error: cannot load the cluster configuration ({exc}); "
+                "give --kubeconfig, or --from-file to serve a file",
+                file=sys.stderr,
+            )
+            return 1
+        if checking:
+            print(f"dnsd: configuration OK: zones {zones}; cluster {credentials.host} ({credentials.source})")
+            return 0
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(app.run(config, records))

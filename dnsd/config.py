@@ -72,6 +72,11 @@ class Config:
     tcp_idle_timeout: float = 30.0
     """Seconds a TCP connection may stay idle; CoreDNS keeps its pooled connections 10 s."""
     tcp_max_connections: int = 1024
+    kubeconfig: str | None = None
+    """kubeconfig file; None: in-cluster when in a pod, else KUBECONFIG or ~/.kube/config."""
+    context: str | None = None
+    label_selector: str | None = None
+    """Only Services matching this label selector are published (filtered by the API server)."""
     reload_interval: float = 1.0
     """How often the file source looks for a changed file, in seconds."""
 

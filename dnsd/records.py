@@ -114,10 +114,11 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """The complete current set of one kind: anything not in it is gone."""
+    """The complete current set of one kind (in one namespace, if given): anything not in it is gone."""
 
     kind: Kind
     records: tuple[Record, ...]
+    namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

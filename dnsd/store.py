@@ -7,7 +7,7 @@ event that repeats what is known touches nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from dnsd.records import (
@@ -59,7 +59,10 @@ class Store:
         if isinstance(event, Delete):
             return self._remove(event.kind, (event.namespace, event.name))
         if isinstance(event, Resync):
-            return self._resync(event.kind, event.records)
+            changes = Changes()
+            for step in self.resync_steps(event):
+                changes.update(step)
+            return changes
         if isinstance(event, Synced):
             self.synced = True
             return Changes()
@@ -103,14 +106,32 @@ class Store:
             return Changes()
         return Changes(services=set(self._services_by_pod.get(key, ())), pods={key})
 
-    def _resync(self, kind: Kind, records: Iterable[Record]) -> Changes:
-        fresh = {r.key: r for r in records if r.kind_name == kind and self._wanted(r.namespace)}
-        changes = Changes()
-        for key in [k for k in self._table(kind) if k not in fresh]:
-            changes.update(self._remove(kind, key))
-        for record in fresh.values():
-            changes.update(self._put(record))
-        return changes
+    def resync_steps(self, event: Resync, *, step: int = 500) -> Iterator[Changes]:
+        """Replace one kind's records (in one namespace, if the event names one), in steps.
+
+        New and changed records go in first and records that are gone leave last, so a
+        consumer that answers between steps never sees a name vanish that both the old and
+        the new set hold."""
+        fresh = {
+            r.key: r
+            for r in event.records
+            if r.kind_name == event.kind
+            and self._wanted(r.namespace)
+            and (event.namespace is None or r.namespace == event.namespace)
+        }
+        table = self._table(event.kind)
+        gone = [k for k in table if k not in fresh and (event.namespace is None or k[0] == event.namespace)]
+        records = list(fresh.values())
+        for start in range(0, len(records), step):
+            changes = Changes()
+            for record in records[start : start + step]:
+                changes.update(self._put(record))
+            yield changes
+        for start in range(0, len(gone), step):
+            changes = Changes()
+            for key in gone[start : start + step]:
+                changes.update(self._remove(event.kind, key))
+            yield changes
 
     def _service_of(self, piece: EndpointSlice) -> Key | None:
         return (piece.namespace, piece.service) if piece.service else None

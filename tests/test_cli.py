@@ -748,10 +748,13 @@ def test_no_zone_is_an_error(cluster_file: Path) -> None:
     assert "zone" in assert_one_error_line(checked)
 
 
-def test_no_data_source_is_an_error() -> None:
-    result = run_dnsd("--zone", ZONE, "--listen", "127.0.0.1:0")
-    assert result.returncode == 2
-    assert "--from-file" in assert_one_error_line(result)
+def test_no_file_and_no_cluster_is_an_error(tmp_path: Path) -> None:
+    """Without --from-file dnsd watches a cluster; with no cluster configuration it says so."""
+    env = {"KUBECONFIG": str(tmp_path / "absent"), "HOME": str(tmp_path)}
+    result = run_dnsd("--zone", ZONE, "--listen", "127.0.0.1:0", env=env)
+    assert result.returncode == 1
+    line = assert_one_error_line(result)
+    assert "cluster configuration" in line and "--from-file" in line
 
 
 def test_missing_file_without_check_fails_cleanly(tmp_path: Path) -> None:
