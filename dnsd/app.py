@@ -18,6 +18,7 @@ import time
 from dnsd import wire
 from dnsd.config import Config, Listen
 from dnsd.names import AddressPolicy
+from dnsd.ops import Ops
 from dnsd.records import Event, Kind, Record, Resync, Synced
 from dnsd.sources.file import FileSource
 from dnsd.sources.kubernetes import Credentials, KubernetesSource
@@ -45,6 +46,8 @@ class Server:
         self.index = Index(config, now=time.time())
         self.udp: list[udp.UdpListener] = []
         self.tcp: list[tcp.TcpListener] = []
+        self.source: Source | None = None
+        self.draining = False
         self._serial_timer: asyncio.TimerHandle | None = None
         self._last_serial_step = 0.0
         self._stopping = asyncio.Event()
@@ -135,6 +138,16 @@ class Server:
             except Exception:  # a bug in one update must not stop the source or the server
                 log.exception("failed to apply %s; the previous answers keep serving", type(event).__name__)
 
+    def not_ready_reason(self) -> str:
+        """Empty when ready to serve; else why not (for /readyz)."""
+        if self.draining:
+            return "shutting down"
+        if not self.index.synced:
+            reflectors = getattr(self.source, "reflectors", [])
+            waiting = [r.name for r in reflectors if not r.state.listed]
+            return "not synced" + (f" (waiting for {', '.join(waiting)})" if waiting else "")
+        return ""
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -166,11 +179,10 @@ def _open_pair(entry: Listen) -> tuple[socket.socket, socket.socket]:
 
 async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -> int:
     server = Server(config)
-    source: Source
     if config.from_file is not None:
-        source = FileSource(config.from_file, server.policy, interval=config.reload_interval)
+        server.source = FileSource(config.from_file, server.policy, interval=config.reload_interval)
     else:
-        source = KubernetesSource(
+        server.source = KubernetesSource(
             Credentials(config.kubeconfig, config.context),
             server.policy,
             namespaces=config.namespaces,
@@ -180,13 +192,16 @@ async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, server.stop)
+    ops = Ops(server, config.http) if config.http is not None else None
     try:
         await server.listen()
+        if ops is not None:
+            await ops.start()
     except OSError as exc:
         log.error("%s", exc.strerror or exc)
         await server.close()
         return 1
-    feeder = asyncio.create_task(server.feed(source, records), name="source")
+    feeder = asyncio.create_task(server.feed(server.source, records), name="source")
     stopped = asyncio.create_task(server.wait_stopped())
     await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if feeder.done() and feeder.exception() is not None:
@@ -195,8 +210,11 @@ async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -
         # stdin is read once: keep serving what it gave until told to stop
         await stopped
     log.info("shutting down")
+    server.draining = True
     await server.close()
     feeder.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):  # already reported above
         await feeder
+    if ops is not None:
+        await ops.close()
     return 0

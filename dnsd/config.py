@@ -72,6 +72,8 @@ class Config:
     tcp_idle_timeout: float = 30.0
     """Seconds a TCP connection may stay idle; CoreDNS keeps its pooled connections 10 s."""
     tcp_max_connections: int = 1024
+    http: Listen | None = Listen("::", 8080)
+    """Address of /healthz, /readyz and /metrics; None switches them off."""
     kubeconfig: str | None = None
     """kubeconfig file; None: in-cluster when in a pod, else KUBECONFIG or ~/.kube/config."""
     context: str | None = None
@@ -114,23 +116,23 @@ def parse_zone(text: str) -> dns.name.Name:
     return zone
 
 
-def parse_listen(text: str) -> Listen:
+def parse_listen(text: str, flag: str = "--listen") -> Listen:
     """`HOST:PORT`, `[V6]:PORT`; the host must be an IP address."""
     text = text.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not rest.startswith(":"):
-            raise ConfigError(f"--listen: {text!r} is not [ADDRESS]:PORT")
+            raise ConfigError(f"{flag}: {text!r} is not [ADDRESS]:PORT")
         port_text = rest[1:]
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:
-            raise ConfigError(f"--listen: {text!r} is not HOST:PORT (write IPv6 as [::1]:5353)")
+            raise ConfigError(f"{flag}: {text!r} is not HOST:PORT (write IPv6 as [::1]:5353)")
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(f"--listen: {host!r} is not an IP address") from None
-    port = parse_int(port_text, flag="--listen port", low=0, high=65535)
+        raise ConfigError(f"{flag}: {host!r} is not an IP address") from None
+    port = parse_int(port_text, flag=f"{flag} port", low=0, high=65535)
     return Listen(host, port)
 
 
@@ -204,5 +206,7 @@ def validate(config: Config) -> None:
         if server.addresses and not any(server.name.is_subdomain(z) for z in config.zones):
             raise ConfigError(f"--ns: {server.name} is outside every zone and cannot carry addresses")
     listens = [(entry.host, entry.port) for entry in config.listen]
+    if config.http is not None and config.http.port != 0 and (config.http.host, config.http.port) in listens:
+        raise ConfigError("--http: the ops endpoint cannot share a DNS --listen address")
     if len(set(listens)) != len(listens):
         raise ConfigError("--listen: an address is given twice")

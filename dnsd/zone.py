@@ -148,6 +148,8 @@ class Index:
         self.dirty = False
         """Answers changed since the serial last advanced."""
         self.conflicts = 0
+        self.record_count = 0
+        """Resource records in the answers of all names (glue not counted)."""
         self._owned: dict[Owner, Contribution] = {}
         self._claims: dict[bytes, dict[Owner, tuple[Priority, NameData]]] = {}
         self._published: dict[bytes, NameData] = {}
@@ -275,6 +277,7 @@ class Index:
             return
         self.dirty = True
         self.generation += 1
+        self.record_count += _records_in(data) - _records_in(previous)
         if data is not None and node is not None:
             if previous is None:
                 for ancestor in self._ancestors(name):
@@ -298,6 +301,10 @@ class Index:
             del self._below[ancestor]
             if ancestor not in self._published:
                 self.nodes.pop(ancestor, None)
+
+
+def _records_in(data: NameData | None) -> int:
+    return sum(len(rrset.rdatas) for rrset in data.values()) if data else 0
 
 
 def rrset_of(index: Index, name: dns.name.Name, rdtype: int) -> RRset | None:
