@@ -94,8 +94,12 @@ class Server:
         A Resync of a large cluster is applied in slices with the loop free in between, so
         queries keep being answered (from the old data, then the new, name by name)."""
         if isinstance(event, Resync):
+            deadline = time.monotonic() + UPDATE_SLICE
             for changes in self.store.resync_steps(event):
                 await self._update(changes)
+                if time.monotonic() > deadline:
+                    await asyncio.sleep(0)
+                    deadline = time.monotonic() + UPDATE_SLICE
         else:
             await self._update(self.store.apply(event))
         if isinstance(event, Synced) and not self.index.synced:

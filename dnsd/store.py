@@ -112,15 +112,23 @@ class Store:
         New and changed records go in first and records that are gone leave last, so a
         consumer that answers between steps never sees a name vanish that both the old and
         the new set hold."""
-        fresh = {
-            r.key: r
-            for r in event.records
-            if r.kind_name == event.kind
-            and self._wanted(r.namespace)
-            and (event.namespace is None or r.namespace == event.namespace)
-        }
+        fresh: dict[Key, Record] = {}
+        for start in range(0, len(event.records), step * 4):
+            for r in event.records[start : start + step * 4]:
+                in_scope = event.namespace is None or r.namespace == event.namespace
+                if r.kind_name == event.kind and in_scope and self._wanted(r.namespace):
+                    fresh[r.key] = r
+            yield Changes()  # a pause point: building the new set aside takes a while for 100k objects
         table = self._table(event.kind)
-        gone = [k for k in table if k not in fresh and (event.namespace is None or k[0] == event.namespace)]
+        known = list(table)
+        gone: list[Key] = []
+        for start in range(0, len(known), step * 4):
+            gone.extend(
+                k
+                for k in known[start : start + step * 4]
+                if k not in fresh and (event.namespace is None or k[0] == event.namespace)
+            )
+            yield Changes()
         records = list(fresh.values())
         for start in range(0, len(records), step):
             changes = Changes()
