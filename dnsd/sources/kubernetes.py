@@ -121,7 +121,8 @@ class Credentials:
             )
             self.source = f"kubeconfig {self.kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}"
         self.host = configuration.host.rstrip("/")
-        self.authorization = configuration.get_api_key_with_prefix("authorization") or None
+        # kubernetes 37 files the token under "BearerToken"; older releases under "authorization"
+        self.authorization = configuration.get_api_key_with_prefix("BearerToken", alias="authorization") or None
         if configuration.username and configuration.password and not self.authorization:
             self.authorization = configuration.get_basic_auth_token()
         self.ssl_context = _ssl_context(configuration) if self.host.startswith("https:") else False
