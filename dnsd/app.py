@@ -191,6 +191,7 @@ async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -
             server.policy,
             namespaces=config.namespaces,
             label_selector=config.label_selector,
+            stall_timeout=config.watch_stall_timeout,
         )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

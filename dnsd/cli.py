@@ -86,6 +86,9 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(("--context",), "kubeconfig context (default: the current one)", "NAME"),
     Flag(("--label-selector",), "publish only Services matching this label selector", "SELECTOR"),
+    Flag(
+        ("--watch-stall-timeout",), "seconds without a byte after which a watch counts as dead", "SECONDS", default="90"
+    ),
     Flag(("--ttl",), "TTL of answers, seconds", "SECONDS", default="5"),
     Flag(("--max-ttl",), "upper bound for the dnsd.io/ttl annotation, seconds", "SECONDS", default="300"),
     Flag(
@@ -234,6 +237,7 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dic
         kubeconfig=values["kubeconfig"] or None,
         context=values["context"] or None,
         label_selector=values["label_selector"] or None,
+        watch_stall_timeout=float(parse_int(values["watch_stall_timeout"], flag="--watch-stall-timeout", low=1)),
     )
     validate(config)
     if config.from_file is not None and (config.kubeconfig or config.context or config.label_selector):

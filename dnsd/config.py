@@ -77,6 +77,8 @@ class Config:
     kubeconfig: str | None = None
     """kubeconfig file; None: in-cluster when in a pod, else KUBECONFIG or ~/.kube/config."""
     context: str | None = None
+    watch_stall_timeout: float = 90.0
+    """A watch that sends no byte for this long is dead (bookmarks come about once a minute)."""
     label_selector: str | None = None
     """Only Services matching this label selector are published (filtered by the API server)."""
     reload_interval: float = 1.0

@@ -247,6 +247,7 @@ class Reflector:
     policy: AddressPolicy
     emit: Callable[[Event], Any]
     label_selector: str | None = None
+    stall_timeout: float = STALL_SECONDS
     state: ReflectorState = field(init=False)
 
     def __post_init__(self) -> None:
@@ -261,6 +262,9 @@ class Reflector:
 
     async def wait_listed(self) -> None:
         await self._listed.wait()
+
+    def _watch_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.stall_timeout)
 
     def _url(self, **query: str | int | None) -> str:
         prefix, plural = PATHS[self.kind]
@@ -359,14 +363,17 @@ class Reflector:
             timeoutSeconds=random.randint(*WATCH_SECONDS),
         )
         try:
-            response = await self._get(url, timeout=_watch_timeout())
+            response = await self._get(url, timeout=self._watch_timeout())
         except ApiError as exc:
             if exc.code in (400, 422):
                 raise StreamingListRefused(str(exc)) from None
             raise
         initial: dict[tuple[str, str], Record] = {}
         async with response:
-            async for line in _lines(response):
+            # One line reader for the whole stream: a chunk may hold the end of the initial
+            # events and the first live ones, and a second reader would lose the latter.
+            lines = _lines(response)
+            async for line in lines:
                 event = _parse_event(line)
                 self._events += 1
                 if self._events % YIELD_EVERY == 0:
@@ -376,7 +383,7 @@ class Reflector:
                     if annotations.get("k8s.io/initial-events-end") == "true":
                         self.state.streaming = True
                         self._replace(list(initial.values()), event.resource_version or "")
-                        await self._follow(response)
+                        await self._follow(lines)
                         return
                     raise StreamingListRefused("a bookmark before the end of the initial events")
                 if event.type == "ERROR":
@@ -397,13 +404,13 @@ class Reflector:
             allowWatchBookmarks="true",
             timeoutSeconds=random.randint(*WATCH_SECONDS),
         )
-        response = await self._get(url, timeout=_watch_timeout())
+        response = await self._get(url, timeout=self._watch_timeout())
         async with response:
-            await self._follow(response)
+            await self._follow(_lines(response))
 
-    async def _follow(self, response: aiohttp.ClientResponse) -> None:
+    async def _follow(self, lines: AsyncIterator[bytes]) -> None:
         """Apply watch events until the server ends the stream cleanly."""
-        async for line in _lines(response):
+        async for line in lines:
             event = _parse_event(line)
             self.state.last_event = time.time()
             self._events += 1
@@ -411,6 +418,7 @@ class Reflector:
                 await asyncio.sleep(0)  # a burst of buffered events must not hold the loop
             if event.type == "ERROR":
                 raise _status_error(event.object)
+            log.debug("%s: %s at %s", self.name, event.type, event.resource_version)
             if event.type in ("ADDED", "MODIFIED"):
                 record = self._record(event.object)
                 if record is not None:
@@ -442,10 +450,6 @@ class Reflector:
         self.state.last_event = time.time()
         log.info("%s: listed %d objects at resourceVersion %s", self.name, len(records), resource_version)
         self._listed.set()
-
-
-def _watch_timeout() -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=STALL_SECONDS)
 
 
 def _parse_event(line: bytes) -> WatchEvent:
@@ -488,7 +492,9 @@ class KubernetesSource:
         *,
         namespaces: frozenset[str] = frozenset(),
         label_selector: str | None = None,
+        stall_timeout: float = STALL_SECONDS,
     ) -> None:
+        self.stall_timeout = stall_timeout
         self.credentials = credentials
         self.policy = policy
         self.namespaces = sorted(namespaces) or [None]
@@ -503,7 +509,14 @@ class KubernetesSource:
         async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
             self.reflectors = [
                 Reflector(
-                    kind, namespace, session, self.credentials, self.policy, queue.put_nowait, self.label_selector
+                    kind,
+                    namespace,
+                    session,
+                    self.credentials,
+                    self.policy,
+                    queue.put_nowait,
+                    label_selector=self.label_selector,
+                    stall_timeout=self.stall_timeout,
                 )
                 for kind in PATHS
                 for namespace in self.namespaces
