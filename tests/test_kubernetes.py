@@ -295,7 +295,7 @@ def test_paged_list_with_expiring_continue_tokens(dnsd_process: type[DnsdProcess
         response = dns.query.tcp(dns.message.make_query(WEB, "AAAA"), "127.0.0.1", port=server.port, timeout=5)
         assert sum(len(rrset) for rrset in response.answer) == 1200
         pages = [r for r in kube.requests if r.path.endswith("/pods") and r.query.get("limit")]
-        assert len(pages) >= 3 and all(r.query["limit"] == "500" for r in pages)
+        assert len(pages) >= 3 and all(r.query["limit"] == "250" for r in pages)
 
 
 def test_server_side_filters(dnsd_process: type[DnsdProcess], kube: FakeKubeThread) -> None:
