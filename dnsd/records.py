@@ -7,6 +7,7 @@ downstream of this module ever sees a full API object.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -135,6 +136,8 @@ def _metadata(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, str]:
         raise RecordError("object has no metadata")
     name = meta.get("name")
     namespace = meta.get("namespace") or "default"
+    if isinstance(namespace, str):
+        namespace = sys.intern(namespace)  # a few namespaces, shared by every record in them
     if not isinstance(name, str) or not name:
         raise RecordError("object has no metadata.name")
     if not isinstance(namespace, str):

@@ -48,7 +48,9 @@ class Store:
         self.synced = False
         self._slices_by_service: dict[Key, set[Key]] = {}
         # pod -> services whose slices name it, with how many slices do
-        self._services_by_pod: dict[Key, dict[Key, int]] = {}
+        self._services_by_pod: dict[Key, tuple[Key, ...]] = {}
+        """Services whose slices name a pod, once per slice that does: a tuple, not a dict,
+        because nearly every pod backs one Service and this map has an entry per pod."""
 
     def slices_of(self, service: Key) -> list[EndpointSlice]:
         return [self.slices[k] for k in sorted(self._slices_by_service.get(service, ()))]
@@ -150,8 +152,8 @@ class Store:
             return Changes()
         self._slices_by_service.setdefault(service, set()).add(piece.key)
         for pod in _pods_named(piece):
-            counts = self._services_by_pod.setdefault((piece.namespace, pod), {})
-            counts[service] = counts.get(service, 0) + 1
+            pod_key = (piece.namespace, pod)
+            self._services_by_pod[pod_key] = (*self._services_by_pod.get(pod_key, ()), service)
         return Changes(services={service})
 
     def _unindex(self, piece: EndpointSlice) -> Changes:
@@ -165,13 +167,13 @@ class Store:
                 del self._slices_by_service[service]
         for pod in _pods_named(piece):
             pod_key = (piece.namespace, pod)
-            counts = self._services_by_pod.get(pod_key)
-            if counts is None:
+            services = list(self._services_by_pod.get(pod_key, ()))
+            if service not in services:
                 continue
-            counts[service] -= 1
-            if counts[service] <= 0:
-                del counts[service]
-            if not counts:
+            services.remove(service)
+            if services:
+                self._services_by_pod[pod_key] = tuple(services)
+            else:
                 del self._services_by_pod[pod_key]
         return Changes(services={service})
 

@@ -139,7 +139,12 @@ def _answer(
         return _header(qid, QR | rd, cd | SERVFAIL, ar=extra) + question + opt
     answer = None
     if node is not None:
-        answer = node.answers.get(qtype)
+        if qtype == 28:
+            answer = node.aaaa
+        elif qtype == 1:
+            answer = node.a
+        else:
+            answer = node.others.get(qtype) if node.others else None
         if answer is None:
             answer = node.any if qtype == ANY else node.cname
     if answer is None:
@@ -148,11 +153,7 @@ def _answer(
         if len(response) <= limit:
             return response
         return _header(qid, QR | AA | TC | rd, cd | rcode, ar=extra) + question + opt
-    if answer.count > 1:
-        start = next(_turn) % answer.count
-        records = b"".join(answer.records[start : start + answer.window])
-    else:
-        records = answer.records[0]
+    records = answer.section(next(_turn) % answer.count if answer.count > 1 else 0)
     size = 12 + len(question) + len(records) + len(opt)
     if size + len(answer.additional) <= limit:
         return (

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import dns.name
 
@@ -38,7 +37,6 @@ from dnsd.rrsets import (
     A,
     Contribution,
     NameData,
-    RRset,
     pod_contribution,
     service_contribution,
     soa_rdata,
@@ -59,16 +57,46 @@ Priority = tuple[str, str, str]
 STATIC: Owner = ("static", "", "")
 
 
-@dataclass(slots=True)
 class Answer:
-    """One RRset ready to send: records rendered twice in a row so a rotation is one slice."""
+    """One RRset ready to send, as compact as Python allows (a cluster has one per name).
 
-    records: tuple[bytes, ...]
-    count: int
-    window: int
-    """How many records one response carries: all, unless --max-answers or 64 KiB say fewer."""
-    additional: bytes = b""
-    additional_count: int = 0
+    Records of one fixed size (A, AAAA: the common case) are one bytes object, twice over
+    when there are several, so any rotation is a single slice; other types keep a tuple of
+    records, also twice over."""
+
+    __slots__ = ("additional", "additional_count", "count", "records", "size", "window")
+
+    def __init__(self, records: list[bytes], window: int, additional: bytes = b"", additional_count: int = 0) -> None:
+        self.count = len(records)
+        self.window = window
+        """How many records one response carries: all, unless --max-answers or 64 KiB say fewer."""
+        self.additional = additional
+        self.additional_count = additional_count
+        sizes = {len(r) for r in records}
+        self.size = sizes.pop() if len(sizes) == 1 else 0
+        if self.size:
+            joined = b"".join(records)
+            self.records: bytes | tuple[bytes, ...] = joined + joined if self.count > 1 else joined
+        else:
+            self.records = tuple(records) * 2
+
+    def section(self, start: int) -> bytes:
+        """`window` records beginning with the start-th."""
+        if self.count == 1:
+            return self.records if self.size else self.records[0]  # type: ignore[return-value]
+        if self.size:
+            return self.records[start * self.size : (start + self.window) * self.size]  # type: ignore[return-value]
+        return b"".join(self.records[start : start + self.window])
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Answer)
+            and self.records == other.records
+            and self.window == other.window
+            and self.additional == other.additional
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class ZoneInfo:
@@ -84,15 +112,55 @@ class ZoneInfo:
 
 
 class Node:
-    __slots__ = ("answers", "any", "cname", "zone")
+    """One owner name: its answers by type, and which owner holds it (None: an empty non-terminal).
 
-    def __init__(self, zone: ZoneInfo, answers: dict[int, Answer]) -> None:
+    AAAA and A have slots of their own: they are what nearly every query asks, and a dict per
+    name would cost more than the rest of the node."""
+
+    __slots__ = ("a", "aaaa", "others", "owner", "priority", "zone")
+
+    def __init__(
+        self,
+        zone: ZoneInfo,
+        answers: dict[int, Answer] | None = None,
+        owner: Owner | None = None,
+        priority: Priority = ("", "", ""),
+    ) -> None:
+        answers = dict(answers or {})
         self.zone = zone
-        self.answers = answers
-        self.cname = answers.get(CNAME)
-        self.any = next((answers[t] for t in ANY_PREFERENCE if t in answers), None)
-        if self.any is None and answers:
-            self.any = next(iter(answers.values()))
+        self.aaaa = answers.pop(AAAA, None)
+        self.a = answers.pop(A, None)
+        self.others = answers or None
+        self.owner = owner
+        self.priority = priority
+
+    def get(self, rdtype: int) -> Answer | None:
+        if rdtype == AAAA:
+            return self.aaaa
+        if rdtype == A:
+            return self.a
+        return self.others.get(rdtype) if self.others else None
+
+    @property
+    def cname(self) -> Answer | None:
+        return self.others.get(CNAME) if self.others else None
+
+    @property
+    def any(self) -> Answer | None:
+        """The one RRset an ANY query gets (RFC 8482)."""
+        for rdtype in ANY_PREFERENCE:
+            answer = self.get(rdtype)
+            if answer is not None:
+                return answer
+        return next(iter(self.others.values())) if self.others else None
+
+    def same_answers(self, other: Node) -> bool:
+        return self.aaaa == other.aaaa and self.a == other.a and self.others == other.others
+
+    @property
+    def record_count(self) -> int:
+        answers = [self.aaaa, self.a, *(self.others or {}).values()]
+        return sum(answer.count for answer in answers if answer is not None)
 
 
 def compressed_name(name: bytes, qname: bytes) -> bytes:
@@ -108,11 +176,18 @@ def compressed_name(name: bytes, qname: bytes) -> bytes:
     return name
 
 
-def render(name: bytes, data: NameData, zone: ZoneInfo, max_answers: int | None) -> Node:
+def render(
+    name: bytes,
+    data: NameData,
+    zone: ZoneInfo,
+    max_answers: int | None,
+    owner: Owner | None = None,
+    priority: Priority = ("", "", ""),
+) -> Node:
     question_size = len(name) + 4
     answers: dict[int, Answer] = {}
     for rdtype, rrset in data.items():
-        records = tuple(b"\xc0\x0c" + RR_FIXED.pack(rdtype, CLASS_IN, rrset.ttl, len(rd)) + rd for rd in rrset.rdatas)
+        records = [b"\xc0\x0c" + RR_FIXED.pack(rdtype, CLASS_IN, rrset.ttl, len(rd)) + rd for rd in rrset.rdatas]
         budget = MAX_MESSAGE - 12 - question_size - OPT_SIZE
         window = 0
         for size in sorted((len(r) for r in records), reverse=True):
@@ -124,8 +199,8 @@ def render(name: bytes, data: NameData, zone: ZoneInfo, max_answers: int | None)
             compressed_name(g.owner, name) + RR_FIXED.pack(g.rdtype, CLASS_IN, g.ttl, len(g.rdata)) + g.rdata
             for g in rrset.glue
         )
-        answers[rdtype] = Answer(records + records, len(records), window, additional, len(rrset.glue))
-    return Node(zone, answers)
+        answers[rdtype] = Answer(records, window, additional, len(rrset.glue))
+    return Node(zone, answers, owner, priority)
 
 
 def _priority(owner: Owner, record: Service | Pod | None) -> Priority:
@@ -150,10 +225,12 @@ class Index:
         self.conflicts = 0
         self.record_count = 0
         """Resource records in the answers of all names (glue not counted)."""
-        self._owned: dict[Owner, Contribution] = {}
-        self._claims: dict[bytes, dict[Owner, tuple[Priority, NameData]]] = {}
-        self._published: dict[bytes, NameData] = {}
+        self._owned: dict[Owner, tuple[bytes, ...]] = {}
+        """The names each owner contributes to."""
+        self._contested: dict[bytes, dict[Owner, Node]] = {}
+        """Every claimant's node, for the few names several owners claim."""
         self._below: dict[bytes, int] = {}
+        """How many names with data lie strictly below each empty-non-terminal candidate."""
         self._set_owner(STATIC, static_contribution(config, self.serial), ("", "", ""))
         self._refresh_soa()
         self.dirty = False
@@ -207,55 +284,51 @@ class Index:
             zone.negative_soa = RR_FIXED.pack(SOA, CLASS_IN, negative_ttl, len(rdata)) + rdata
 
     def _set_owner(self, owner: Owner, contribution: Contribution, priority: Priority) -> None:
-        old = self._owned.get(owner, {})
-        touched = [name for name in old.keys() - contribution.keys()]
-        touched += [
-            name for name, data in contribution.items() if self._claims.get(name, {}).get(owner) != (priority, data)
+        """Make owner's names exactly those in contribution.
+
+        Every node is rendered before anything changes, so an exception (a bug, a name that
+        cannot be rendered) leaves the index as it was. Unchanged names cost one comparison."""
+        max_answers = self.config.max_answers
+        rendered = [
+            (name, render(name, data, self._zone_of(name), max_answers, owner, priority))
+            for name, data in contribution.items()
         ]
-        if not touched:
-            if not contribution:
-                self._owned.pop(owner, None)
-            return
-        # Decide and render every touched name before changing anything, so an exception
-        # (a bug, a name dnspython rejects) leaves the index exactly as it was.
-        claims = {name: dict(self._claims.get(name, {})) for name in touched}
-        for name in touched:
-            if name in contribution:
-                claims[name][owner] = (priority, contribution[name])
-            else:
-                claims[name].pop(owner, None)
-        rendered = []
-        for name in touched:
-            data = self._winner(name, claims[name])
-            node = None if data is None else render(name, data, self._zone_of(name), self.config.max_answers)
-            rendered.append((name, data, node))
-        for name in touched:
-            if claims[name]:
-                self._claims[name] = claims[name]
-            else:
-                self._claims.pop(name, None)
+        removed = [name for name in self._owned.get(owner, ()) if name not in contribution]
         if contribution:
-            self._owned[owner] = contribution
+            self._owned[owner] = tuple(contribution)
         else:
             self._owned.pop(owner, None)
-        for name, data, node in rendered:
-            self._publish(name, data, node)
+        for name, node in rendered:
+            contested = self._contested.get(name)
+            current = self.nodes.get(name)
+            if contested is None and current is not None and current.owner not in (None, owner):
+                contested = self._contested[name] = {current.owner: current}  # type: ignore[dict-item]
+            if contested is None:
+                self._publish(name, node)
+            else:
+                contested[owner] = node
+                self._publish(name, self._winner(name, contested))
+        for name in removed:
+            contested = self._contested.get(name)
+            if contested is None:
+                self._publish(name, None)
+                continue
+            contested.pop(owner, None)
+            if len(contested) == 1:
+                del self._contested[name]
+            self._publish(name, self._winner(name, contested))
 
-    def _winner(self, name: bytes, claims: dict[Owner, tuple[Priority, NameData]]) -> NameData | None:
-        if not claims:
-            return None
-        if len(claims) == 1:
-            return next(iter(claims.values()))[1]
-        ranked = sorted(claims.items(), key=lambda item: item[1][0])
-        if not name.endswith(b"\x04arpa\x00"):
+    def _winner(self, name: bytes, contested: dict[Owner, Node]) -> Node:
+        ranked = sorted(contested.values(), key=lambda node: node.priority)
+        if len(ranked) > 1 and not name.endswith(b"\x04arpa\x00"):
             self.conflicts += 1
             log.warning(
                 "%s is claimed by %s; %s wins (oldest)",
                 to_text(name),
-                ", ".join("/".join(o[1:]) for o, _ in ranked),
-                "/".join(ranked[0][0][1:]),
+                ", ".join("/".join(n.owner[1:]) for n in ranked if n.owner),
+                "/".join(ranked[0].owner[1:]) if ranked[0].owner else "?",
             )
-        return ranked[0][1][1]
+        return ranked[0]
 
     def _zone_of(self, name: bytes) -> ZoneInfo:
         zone = self.zone_for(name)
@@ -271,43 +344,38 @@ class Index:
             yield name[pos:]
             pos += name[pos] + 1
 
-    def _publish(self, name: bytes, data: NameData | None, node: Node | None) -> None:
-        previous = self._published.get(name)
-        if previous == data:
+    def _publish(self, name: bytes, node: Node | None) -> None:
+        """Serve node at name (None: the name has no data any more)."""
+        previous = self.nodes.get(name)
+        had_data = previous is not None and previous.owner is not None
+        if node is not None and had_data and previous.same_answers(node):  # type: ignore[union-attr]
+            if previous.owner != node.owner:  # type: ignore[union-attr]
+                self.nodes[name] = node  # same answers from another owner: nothing a client can see
+            return
+        if node is None and not had_data:
             return
         self.dirty = True
         self.generation += 1
-        self.record_count += _records_in(data) - _records_in(previous)
-        if data is not None and node is not None:
-            if previous is None:
+        self.record_count += (node.record_count if node else 0) - (previous.record_count if had_data else 0)  # type: ignore[union-attr]
+        if node is not None:
+            if not had_data:
                 for ancestor in self._ancestors(name):
                     count = self._below.get(ancestor, 0) + 1
                     self._below[ancestor] = count
-                    if count == 1 and ancestor not in self._published:
-                        self.nodes[ancestor] = Node(self._zone_of(ancestor), {})
-            self._published[name] = data
+                    if count == 1 and ancestor not in self.nodes:
+                        self.nodes[ancestor] = Node(self._zone_of(ancestor))
             self.nodes[name] = node
             return
-        del self._published[name]
         if self._below.get(name, 0) > 0:
-            self.nodes[name] = Node(self._zone_of(name), {})
+            self.nodes[name] = Node(self._zone_of(name))
         else:
-            self.nodes.pop(name, None)
+            del self.nodes[name]
         for ancestor in self._ancestors(name):
             count = self._below[ancestor] - 1
             if count:
                 self._below[ancestor] = count
                 continue
             del self._below[ancestor]
-            if ancestor not in self._published:
-                self.nodes.pop(ancestor, None)
-
-
-def _records_in(data: NameData | None) -> int:
-    return sum(len(rrset.rdatas) for rrset in data.values()) if data else 0
-
-
-def rrset_of(index: Index, name: dns.name.Name, rdtype: int) -> RRset | None:
-    """The published RRset at name (for tests and tools)."""
-    data = index._published.get(name.canonicalize().to_wire())
-    return None if data is None else data.get(rdtype)
+            ent = self.nodes.get(ancestor)
+            if ent is not None and ent.owner is None:
+                del self.nodes[ancestor]

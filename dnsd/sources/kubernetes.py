@@ -401,6 +401,7 @@ class Reflector:
                     if annotations.get("k8s.io/initial-events-end") == "true":
                         self.state.streaming = True
                         self._replace(list(initial.values()), event.resource_version or "")
+                        initial.clear()  # the records live on in the store; this dict need not
                         await self._follow(lines)
                         return
                     raise StreamingListRefused("a bookmark before the end of the initial events")
