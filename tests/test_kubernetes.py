@@ -332,3 +332,69 @@ def test_only_list_and_watch_are_used(dnsd_process: type[DnsdProcess], kube: Fak
         for r in kube.requests
         if not r.path.startswith("/_fake")
     )
+
+
+def test_slow_api_server_keeps_last_data_and_converges(dnsd_process: type[DnsdProcess], kube: FakeKubeThread) -> None:
+    server = start(dnsd_process, kube)
+    oracle = Oracle()
+    oracle.converge(kube, server.port)
+    kube.slow(delay_headers=0.5, trickle_bps=20_000)
+    kube.drop_watches("reset")
+    kube.delete("Pod", "default", "web-1")
+    kube.create(pod("web-7", "2001:db8:1::7", labels={"app": "web"}))
+    assert addresses(server.port) == {"2001:db8:1::1", "2001:db8:1::2"}  # answered at once, from the last data
+    oracle.converge(kube, server.port, timeout=30)
+    kube.slow()
+
+
+def test_too_large_resource_version_relists_from_scratch(dnsd_process: type[DnsdProcess]) -> None:
+    """504 ResourceVersionTooLarge on a list: dnsd lists again (paged lists: streaming refused)."""
+    with FakeKubeThread(bookmark_interval=0.3, auto_endpointslices=True, watchlist=False) as kube:
+        kube.create(service("web", selector={"app": "web"}))
+        kube.create(pod("web-1", "2001:db8:1::1", labels={"app": "web"}))
+        kube.too_large_rv(times=2)
+        server = start(dnsd_process, kube)
+        Oracle().converge(kube, server.port)
+        assert sum(1 for r in kube.requests if r.status == 504) == 2
+
+
+def test_writes_through_the_official_client(dnsd_process: type[DnsdProcess], kube: FakeKubeThread) -> None:
+    """A user's tooling writes with the official kubernetes client; dnsd follows."""
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=kube.kubeconfig)
+    core = client.CoreV1Api(api_client)
+    server = start(dnsd_process, kube)
+    oracle = Oracle()
+    core.create_namespaced_service(
+        "default",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "api"},
+            "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+        },
+    )
+    core.create_namespaced_pod(
+        "default",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "api-0", "labels": {"app": "api"}},
+            "spec": {"containers": [{"name": "main", "image": "example/api:1"}]},
+            "status": {
+                "phase": "Running",
+                "podIPs": [{"ip": "2001:db8:7::1"}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        },
+    )
+    wait_until(lambda: addresses(server.port, f"api.default.svc.{ZONE}") == {"2001:db8:7::1"})
+    core.patch_namespaced_pod_status(
+        "api-0", "default", {"status": {"conditions": [{"type": "Ready", "status": "False"}]}}
+    )
+    wait_until(lambda: addresses(server.port, f"api.default.svc.{ZONE}") == set())
+    core.delete_namespaced_service("api", "default")
+    wait_until(lambda: ask(server.port, f"api.default.svc.{ZONE}", "AAAA").rcode() == dns.rcode.NXDOMAIN)
+    oracle.converge(kube, server.port)
+    api_client.close()
