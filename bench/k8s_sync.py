@@ -209,7 +209,7 @@ def run_size(services: int, per_service: int, changes: int, baseline_kib: int) -
         "objects": objects,
         "fake_load_seconds": round(fake_load, 2),
         "synced_seconds": round(synced, 2),
-        "fake_busy_seconds_during_sync": round(fake_busy, 2),
+        "fake_busy_seconds_during_sync": round(fake_busy, 2) if fake_busy else None,
         "rss_steady_mib": round(steady / 1024, 1),
         "rss_peak_mib": round(max(peak, peak_at_sync) / 1024, 1),
         "rss_above_empty_bytes_per_object": round((steady - baseline_kib) * 1024 / objects),
