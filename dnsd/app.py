@@ -82,6 +82,7 @@ class Server:
         self._serial_timer: asyncio.TimerHandle | None = None
         self._last_serial_step = 0.0
         self._stopping = asyncio.Event()
+        self.stopping_again = asyncio.Event()
 
     def respond_udp(self, query: bytes) -> bytes | None:
         return wire.respond_safely(query, self.index, tcp=False)
@@ -183,6 +184,8 @@ class Server:
         return ""
 
     def stop(self) -> None:
+        if self._stopping.is_set():
+            self.stopping_again.set()  # a second signal cuts the lameduck short
         self._stopping.set()
 
     async def wait_stopped(self) -> None:
@@ -246,8 +249,15 @@ async def run(config: Config, records: dict[Kind, list[Record]] | None = None) -
     if not stopped.done():
         # stdin is read once: keep serving what it gave until told to stop
         await stopped
-    log.info("shutting down")
+    # Shutdown order: not ready (load balancers and CoreDNS stop sending) -> keep answering for
+    # the lameduck period -> close listeners, finish open TCP queries -> stop the source.
     server.draining = True
+    if config.lameduck > 0:
+        log.info("shutting down: not ready, answering for %.1fs more (lameduck)", config.lameduck)
+        server.stopping_again.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.stopping_again.wait(), config.lameduck)
+    log.info("shutting down: closing listeners")
     await server.close()
     feeder.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):  # already reported above

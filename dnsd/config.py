@@ -69,6 +69,8 @@ class Config:
     soa_timers: SoaTimers = field(default_factory=SoaTimers)
     log_level: str = "info"
     log_format: str = "text"
+    lameduck: float = 5.0
+    """Seconds to keep answering after SIGTERM while /readyz reports 503."""
     tcp_idle_timeout: float = 30.0
     """Seconds a TCP connection may stay idle; CoreDNS keeps its pooled connections 10 s."""
     tcp_max_connections: int = 1024
@@ -146,6 +148,16 @@ def parse_int(text: str, *, flag: str, low: int, high: int | None = None) -> int
     if value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"{flag}: {value} is out of range ({bound})")
+    return value
+
+
+def parse_float(text: str, *, flag: str, low: float = 0.0, high: float = 3600.0) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{flag}: {value:g} is out of range ({low:g}..{high:g})")
     return value
 
 
