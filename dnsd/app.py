@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import errno
 import gc
 import logging
@@ -15,13 +16,16 @@ import signal
 import socket
 import time
 
+from prometheus_client import Histogram
+
 from dnsd import wire
 from dnsd.config import Config, Listen
 from dnsd.names import AddressPolicy
 from dnsd.ops import Ops
-from dnsd.records import Event, Kind, Record, Resync, Synced
+from dnsd.records import Delete, Event, Kind, Record, Resync, Synced, Upsert
 from dnsd.sources.file import FileSource
 from dnsd.sources.kubernetes import Credentials, KubernetesSource
+from dnsd.stats import QueryStats
 from dnsd.store import Changes, Store
 from dnsd.transports import tcp, udp
 from dnsd.zone import Index
@@ -34,6 +38,20 @@ UPDATE_SLICE = 0.005
 """Longest stretch of index updates before the loop gets to answer queries again."""
 SERIAL_STEP = 1.0
 """The serial advances at most once per second, so bursts of changes cost one SOA rebuild."""
+
+
+PROGRAMMING_BUCKETS = tuple(0.001 * 2**i for i in range(20))
+"""1 ms to about 9 minutes, as CoreDNS's programming-latency histogram."""
+
+
+def _changed_at(event: Upsert | Delete) -> float:
+    """When the change happened: the EndpointSlice controller's trigger time if it says."""
+    record = event.record if isinstance(event, Upsert) else None
+    trigger = getattr(record, "trigger_time", None)
+    if trigger:
+        with contextlib.suppress(ValueError):
+            return datetime.datetime.fromisoformat(trigger.replace("Z", "+00:00")).timestamp()
+    return event.received
 
 
 class Collector:
@@ -78,6 +96,14 @@ class Server:
         self.udp: list[udp.UdpListener] = []
         self.tcp: list[tcp.TcpListener] = []
         self.source: Source | None = None
+        self.udp_stats, self.tcp_stats = QueryStats("udp"), QueryStats("tcp")
+        self.programming = Histogram(
+            "dnsd_programming_duration_seconds",
+            "Time from a Kubernetes change (the EndpointSlice trigger time, else the event's arrival) "
+            "to the answer being served",
+            registry=None,
+            buckets=PROGRAMMING_BUCKETS,
+        )
         self.draining = False
         self._serial_timer: asyncio.TimerHandle | None = None
         self._last_serial_step = 0.0
@@ -104,13 +130,14 @@ class Server:
                     udp_sock, tcp_sock = _open_pair(entry)
                 else:
                     raise OSError(exc.errno, f"cannot listen on {entry}: {exc.strerror}") from None
-            self.udp.append(udp.UdpListener(udp_sock, self.respond_udp))
+            self.udp.append(udp.UdpListener(udp_sock, self.respond_udp, self.udp_stats))
             self.tcp.append(
                 tcp.TcpListener(
                     tcp_sock,
                     self.respond_tcp,
                     idle_timeout=self.config.tcp_idle_timeout,
                     max_connections=self.config.tcp_max_connections,
+                    stats=self.tcp_stats,
                 )
             )
         for listener in self.udp:
@@ -135,6 +162,8 @@ class Server:
             gc.freeze()  # these records are long-lived: keep them out of every future collection
         else:
             await self._update(self.store.apply(event))
+            if isinstance(event, Upsert | Delete) and event.received:
+                self.programming.observe(max(0.0, time.time() - _changed_at(event)))
         if isinstance(event, Synced) and not self.index.synced:
             self.index.synced = True
             self.index.generation += 1

@@ -12,13 +12,16 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import dns.rcode
+import dns.rdatatype
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from dnsd import rrsets
 from dnsd.config import Listen
+from dnsd.stats import QueryStats, duration_histogram, size_histogram
 
 if TYPE_CHECKING:
     from dnsd.app import Server
@@ -55,7 +58,34 @@ class ServerCollector(Collector):
         for reason, count in sorted(rrsets.skipped.items()):
             skipped.add_metric([reason], count)
         yield skipped
+        yield from self._queries((server.udp_stats, server.tcp_stats))
         yield from self._kubernetes()
+
+    def _queries(self, all_stats: tuple[QueryStats, ...]) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        requests = CounterMetricFamily("dnsd_dns_requests", "DNS queries received", labels=["proto", "family", "type"])
+        responses = CounterMetricFamily("dnsd_dns_responses", "DNS responses sent, by rcode", labels=["proto", "rcode"])
+        dropped = CounterMetricFamily(
+            "dnsd_dns_dropped", "DNS messages not answered (malformed, responses)", labels=["proto"]
+        )
+        duration = HistogramMetricFamily(
+            "dnsd_dns_request_duration_seconds", "Time to answer a query", labels=["proto"]
+        )
+        request_size = HistogramMetricFamily("dnsd_dns_request_size_bytes", "Size of queries", labels=["proto"])
+        response_size = HistogramMetricFamily("dnsd_dns_response_size_bytes", "Size of responses", labels=["proto"])
+        for stats in all_stats:
+            for family, counts in zip(("1", "2"), stats.requests, strict=True):  # CoreDNS: 1 = IPv4, 2 = IPv6
+                for qtype, count in sorted(counts.items()):
+                    requests.add_metric([stats.proto, family, _type_name(qtype)], count)
+            for rcode, count in enumerate(stats.rcodes):
+                if count:
+                    responses.add_metric([stats.proto, dns.rcode.to_text(rcode)], count)
+            dropped.add_metric([stats.proto], stats.dropped)
+            buckets, total = duration_histogram(stats)
+            duration.add_metric([stats.proto], buckets, total)
+            for family_metric, sizes in ((request_size, stats.request_sizes), (response_size, stats.response_sizes)):
+                buckets, size_total = size_histogram(sizes)
+                family_metric.add_metric([stats.proto], buckets, size_total)
+        yield from (requests, responses, dropped, duration, request_size, response_size)
 
     def _kubernetes(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         reflectors = getattr(self.server.source, "reflectors", None)
@@ -82,12 +112,24 @@ class ServerCollector(Collector):
         yield from (restarts, relists, last, synced)
 
 
+def _type_name(qtype: bytes) -> str:
+    if len(qtype) != 2:
+        return "other"
+    value = int.from_bytes(qtype, "big")
+    # a bounded label set: well-known types by name, the rest as "other"
+    return dns.rdatatype.to_text(value) if value in _KNOWN_TYPES else "other"
+
+
+_KNOWN_TYPES = frozenset({1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 41, 43, 46, 48, 52, 64, 65, 99, 251, 252, 255, 257})
+
+
 class Ops:
     def __init__(self, server: Server, listen: Listen) -> None:
         self.server = server
         self.listen = listen
         self.registry = CollectorRegistry()
         self.registry.register(ServerCollector(server))
+        self.registry.register(server.programming)
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
 

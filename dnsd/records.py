@@ -104,6 +104,8 @@ Record = Service | EndpointSlice | Pod
 @dataclass(frozen=True, slots=True)
 class Upsert:
     record: Record
+    received: float = 0.0
+    """Unix time the source learnt of the change (0: unknown), for the programming-latency metric."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ class Delete:
     kind: Kind
     namespace: str
     name: str
+    received: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -398,3 +398,16 @@ def test_writes_through_the_official_client(dnsd_process: type[DnsdProcess], kub
     wait_until(lambda: ask(server.port, f"api.default.svc.{ZONE}", "AAAA").rcode() == dns.rcode.NXDOMAIN)
     oracle.converge(kube, server.port)
     api_client.close()
+
+
+def test_programming_latency_is_measured(dnsd_process: type[DnsdProcess], kube: FakeKubeThread) -> None:
+    from test_ops import get, metric, ops_port
+
+    server = start(dnsd_process, kube, "--http", "127.0.0.1:0")
+    port = ops_port(server)
+    kube.create(pod("web-4", "2001:db8:1::4", labels={"app": "web"}))
+    wait_until(lambda: "2001:db8:1::4" in addresses(server.port))
+    text = get(port, "/metrics")[1]
+    assert metric(text, "dnsd_programming_duration_seconds_count") >= 2  # the pod and its slice
+    assert metric(text, "dnsd_programming_duration_seconds_bucket", le="1.024") >= 2
+    assert metric(text, "dnsd_kubernetes_synced", resource="Pod") == 1

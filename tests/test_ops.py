@@ -73,3 +73,44 @@ def test_not_ready_until_synced(dnsd_process: type[DnsdProcess], tmp_path) -> No
     response = dns.query.udp(query, "127.0.0.1", port=process.port, timeout=2)
     assert response.rcode() == dns.rcode.SERVFAIL
     process.wait_for("reconnecting in")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample; labels must match exactly those given (others ignored)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} {labels}")
+
+
+def test_query_metrics(dnsd_process: type[DnsdProcess]) -> None:
+    import dns.message
+    import dns.query
+
+    process = dnsd_process(["--demo", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]).ready()
+    port = ops_port(process)
+    queries = [
+        ("web.default.svc.gua.example.com", "AAAA"),
+        ("nothing.gua.example.com", "A"),
+        ("example.org", "A"),
+        ("web.default.svc.gua.example.com", "A"),
+    ]
+    for name, qtype in queries:
+        dns.query.udp(dns.message.make_query(name, qtype), "127.0.0.1", port=process.port, timeout=2)
+    dns.query.tcp(
+        dns.message.make_query("db.default.svc.gua.example.com", "AAAA"), "127.0.0.1", port=process.port, timeout=2
+    )
+    text = get(port, "/metrics")[1]
+    assert metric(text, "dnsd_dns_requests_total", proto="udp", family="1", type="AAAA") == 1
+    assert metric(text, "dnsd_dns_requests_total", proto="udp", family="1", type="A") == 3
+    assert metric(text, "dnsd_dns_requests_total", proto="tcp", family="1", type="AAAA") == 1
+    assert metric(text, "dnsd_dns_responses_total", proto="udp", rcode="NOERROR") == 2
+    assert metric(text, "dnsd_dns_responses_total", proto="udp", rcode="NXDOMAIN") == 1
+    assert metric(text, "dnsd_dns_responses_total", proto="udp", rcode="REFUSED") == 1
+    assert metric(text, "dnsd_dns_request_duration_seconds_count", proto="udp") == 4
+    assert metric(text, "dnsd_dns_request_duration_seconds_bucket", proto="udp", le="+Inf") == 4
+    assert metric(text, "dnsd_dns_request_size_bytes_count", proto="tcp") == 1
+    assert 40 < metric(text, "dnsd_dns_request_size_bytes_sum", proto="tcp") < 100
+    assert metric(text, "dnsd_dns_response_size_bytes_bucket", proto="udp", le="511.0") == 4

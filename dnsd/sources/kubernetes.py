@@ -440,7 +440,7 @@ class Reflector:
             if event.type in ("ADDED", "MODIFIED"):
                 record = self._record(event.object)
                 if record is not None:
-                    self.emit(Upsert(record))
+                    self.emit(Upsert(record, time.time()))
                 else:
                     self._emit_delete(event.object)
             elif event.type == "DELETED":
@@ -459,7 +459,7 @@ class Reflector:
     def _emit_delete(self, obj: Mapping[str, Any]) -> None:
         metadata = obj.get("metadata") or {}
         if metadata.get("name"):
-            self.emit(Delete(self.kind, metadata.get("namespace") or "default", metadata["name"]))
+            self.emit(Delete(self.kind, metadata.get("namespace") or "default", metadata["name"], time.time()))
 
     def _replace(self, records: list[Record], resource_version: str) -> None:
         self.emit(Resync(self.kind, tuple(records), self.namespace))

@@ -14,8 +14,10 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
+from time import perf_counter_ns
 
 from dnsd.config import Listen
+from dnsd.stats import QueryStats
 
 log = logging.getLogger("dnsd.tcp")
 
@@ -42,12 +44,21 @@ def open_socket(listen: Listen) -> socket.socket:
 
 
 class TcpListener:
-    def __init__(self, sock: socket.socket, respond: Responder, *, idle_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        respond: Responder,
+        *,
+        idle_timeout: float,
+        max_connections: int,
+        stats: QueryStats | None = None,
+    ) -> None:
         self.sock = sock
         self.respond = respond
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.rejected = 0
+        self.stats = stats if stats is not None else QueryStats("tcp")
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._idle: set[asyncio.Task[None]] = set()
@@ -96,6 +107,8 @@ class TcpListener:
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = writer.get_extra_info("peername") or ("",)
+        ipv6 = ":" in peer[0] and not peer[0].startswith("::ffff:")
         while True:
             self._idle.add(task)
             try:
@@ -108,7 +121,9 @@ class TcpListener:
                 return
             async with asyncio.timeout(self.idle_timeout):
                 query = await reader.readexactly(length)
+            started = perf_counter_ns()
             reply = self.respond(query)
+            self.stats.record(ipv6, query, reply, perf_counter_ns() - started)
             if reply is None:
                 continue
             writer.write(len(reply).to_bytes(2, "big") + reply)

@@ -19,8 +19,10 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from time import perf_counter_ns
 
 from dnsd.config import Listen
+from dnsd.stats import QueryStats
 
 log = logging.getLogger("dnsd.udp")
 
@@ -73,12 +75,13 @@ def _reply_ancillary(ancillary: list[tuple[int, int, bytes]]) -> list[tuple[int,
 
 
 class UdpListener:
-    def __init__(self, sock: socket.socket, respond: Responder) -> None:
+    def __init__(self, sock: socket.socket, respond: Responder, stats: QueryStats | None = None) -> None:
         self.sock = sock
         self.respond = respond
         self.pktinfo = is_wildcard(sock.getsockname()[0])
         self.received = 0
         self.dropped_replies = 0
+        self.stats = stats if stats is not None else QueryStats("udp")
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -96,7 +99,8 @@ class UdpListener:
         self.sock.close()
 
     def _readable(self) -> None:
-        sock, respond = self.sock, self.respond
+        sock, respond, record = self.sock, self.respond, self.stats.record
+        v6 = sock.family == socket.AF_INET6
         for _ in range(BURST):
             try:
                 if self.pktinfo:
@@ -115,7 +119,9 @@ class UdpListener:
             self.received += 1
             if peer[1] == 0:  # nobody can receive a reply on port 0; it is a reflection attempt
                 continue
+            started = perf_counter_ns()
             reply = respond(data)
+            record(v6 and not peer[0].startswith("::ffff:"), data, reply, perf_counter_ns() - started)
             if reply is None:
                 continue
             try:
