@@ -7,6 +7,7 @@ downstream of this module ever sees a full API object.
 
 from __future__ import annotations
 
+import datetime
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ class Service:
     kind_name: ClassVar[Kind] = "Service"
     namespace: str
     name: str
-    created: str
-    """creationTimestamp (RFC 3339, so it sorts as text); the oldest claim on a name wins."""
+    created: int
+    """creationTimestamp in Unix seconds; the oldest claim on a name wins."""
     external_name: str | None = None
     hostnames: tuple[str, ...] = ()
     """Extra FQDNs from the hostname annotations, unchecked."""
@@ -86,7 +87,7 @@ class Pod:
     kind_name: ClassVar[Kind] = "Pod"
     namespace: str
     name: str
-    created: str
+    created: int
     addresses: tuple[bytes, ...] = ()
     """Publishable addresses from status.podIPs, packed."""
     host_network: bool = False
@@ -173,9 +174,19 @@ def _packed(values: Any, policy: AddressPolicy) -> tuple[bytes, ...]:
     return tuple(packed)
 
 
-def _created(meta: Mapping[str, Any]) -> str:
+UNKNOWN_CREATION = 2**62
+"""Objects without a creationTimestamp sort after every real one."""
+
+
+def _created(meta: Mapping[str, Any]) -> int:
+    """creationTimestamp as Unix seconds: an int is a third the size of the RFC 3339 text."""
     created = meta.get("creationTimestamp")
-    return str(created) if created is not None else ""
+    if not isinstance(created, str) or not created:
+        return UNKNOWN_CREATION
+    try:
+        return int(datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return UNKNOWN_CREATION
 
 
 def service_from(obj: Mapping[str, Any]) -> Service:
@@ -219,6 +230,8 @@ def _endpoint_from(obj: Mapping[str, Any], policy: AddressPolicy) -> Endpoint:
     serving = ready if serving_value is None else serving_value is True
     target = _mapping(obj.get("targetRef"))
     pod = target.get("name") if target.get("kind", "Pod") == "Pod" else None
+    if isinstance(pod, str):
+        pod = sys.intern(pod)  # the same string as the Pod record's name
     hostname = obj.get("hostname")
     return Endpoint(
         addresses=_packed(obj.get("addresses"), policy),
@@ -264,7 +277,7 @@ def pod_from(obj: Mapping[str, Any], policy: AddressPolicy) -> Pod:
     finished = status.get("phase") in ("Succeeded", "Failed")
     return Pod(
         namespace=namespace,
-        name=name,
+        name=sys.intern(name),
         created=_created(meta),
         addresses=_packed(ips, policy),
         host_network=spec.get("hostNetwork") is True,

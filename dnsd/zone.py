@@ -53,7 +53,7 @@ OPT_SIZE = 11
 ANY_PREFERENCE = (SOA, AAAA, A, CNAME, SRV, PTR, NS)
 
 Owner = tuple[str, str, str]
-Priority = tuple[str, str, str]
+Priority = tuple[int, str, str]
 STATIC: Owner = ("static", "", "")
 
 
@@ -124,7 +124,7 @@ class Node:
         zone: ZoneInfo,
         answers: dict[int, Answer] | None = None,
         owner: Owner | None = None,
-        priority: Priority = ("", "", ""),
+        priority: Priority = (-1, "", ""),
     ) -> None:
         answers = dict(answers or {})
         self.zone = zone
@@ -182,7 +182,7 @@ def render(
     zone: ZoneInfo,
     max_answers: int | None,
     owner: Owner | None = None,
-    priority: Priority = ("", "", ""),
+    priority: Priority = (-1, "", ""),
 ) -> Node:
     question_size = len(name) + 4
     answers: dict[int, Answer] = {}
@@ -205,8 +205,8 @@ def render(
 
 def _priority(owner: Owner, record: Service | Pod | None) -> Priority:
     if owner == STATIC or record is None:
-        return ("", "", "")
-    return (record.created or "~", record.namespace, record.name)
+        return (-1, "", "")
+    return (record.created, record.namespace, record.name)
 
 
 class Index:
@@ -225,13 +225,13 @@ class Index:
         self.conflicts = 0
         self.record_count = 0
         """Resource records in the answers of all names (glue not counted)."""
-        self._owned: dict[Owner, tuple[bytes, ...]] = {}
+        self._owned: dict[Owner, bytes | tuple[bytes, ...]] = {}
         """The names each owner contributes to."""
         self._contested: dict[bytes, dict[Owner, Node]] = {}
         """Every claimant's node, for the few names several owners claim."""
         self._below: dict[bytes, int] = {}
         """How many names with data lie strictly below each empty-non-terminal candidate."""
-        self._set_owner(STATIC, static_contribution(config, self.serial), ("", "", ""))
+        self._set_owner(STATIC, static_contribution(config, self.serial), (-1, "", ""))
         self._refresh_soa()
         self.dirty = False
 
@@ -271,7 +271,7 @@ class Index:
         if not self.dirty:
             return False
         self.serial = max((self.serial + 1) & 0xFFFFFFFF, int(now) & 0xFFFFFFFF)
-        self._set_owner(STATIC, static_contribution(self.config, self.serial), ("", "", ""))
+        self._set_owner(STATIC, static_contribution(self.config, self.serial), (-1, "", ""))
         self._refresh_soa()
         self.dirty = False
         return True
@@ -293,8 +293,11 @@ class Index:
             (name, render(name, data, self._zone_of(name), max_answers, owner, priority))
             for name, data in contribution.items()
         ]
-        removed = [name for name in self._owned.get(owner, ()) if name not in contribution]
-        if contribution:
+        owned = self._owned.get(owner, ())
+        removed = [name for name in ((owned,) if isinstance(owned, bytes) else owned) if name not in contribution]
+        if len(contribution) == 1:
+            self._owned[owner] = next(iter(contribution))  # most pods own one name: no tuple for it
+        elif contribution:
             self._owned[owner] = tuple(contribution)
         else:
             self._owned.pop(owner, None)

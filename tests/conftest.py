@@ -116,7 +116,13 @@ class DnsdProcess:
 
     def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None, stdin: bytes | None = None) -> None:
         # Many dnsd processes run at once: their ops endpoints take any free port unless a test says.
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "DNSD_HTTP": "127.0.0.1:0", "DNSD_LAMEDUCK": "0", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "DNSD_HTTP": "127.0.0.1:0",
+            "DNSD_LAMEDUCK": "0",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dnsd", *args],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,

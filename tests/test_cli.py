@@ -200,7 +200,13 @@ class CommandProcess(DnsdProcess):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "DNSD_HTTP": "127.0.0.1:0", "DNSD_LAMEDUCK": "0", **(env or {})},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "DNSD_HTTP": "127.0.0.1:0",
+                "DNSD_LAMEDUCK": "0",
+                **(env or {}),
+            },
             cwd=cwd,
         )
         self.lines = []

@@ -358,7 +358,7 @@ blocker.bind(("127.0.0.1", 40000))
 results = []
 for n in range(starts):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dnsd", "--demo", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "dnsd", "--demo", "--listen", "127.0.0.1:0", "--http", "off", "--lameduck", "0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=root,
     )
     result = {"lines": [], "port": None, "synced": False}
@@ -661,6 +661,8 @@ def test_udp_query_from_source_port_zero_is_not_answered():
     query = make_query().to_wire()
 
     class ScriptedSocket:
+        family = socket.AF_INET
+
         def __init__(self) -> None:
             self.incoming = [(query, ("127.0.0.1", 0)), (query, ("127.0.0.1", 5300))]
             self.sent: list[tuple[bytes, tuple]] = []
