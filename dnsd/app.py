@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import errno
+import functools
 import gc
 import logging
 import signal
@@ -107,14 +108,9 @@ class Server:
         self.draining = False
         self._serial_timer: asyncio.TimerHandle | None = None
         self._last_serial_step = 0.0
+        self._slice_end = 0.0
         self._stopping = asyncio.Event()
         self.stopping_again = asyncio.Event()
-
-    def respond_udp(self, query: bytes) -> bytes | None:
-        return wire.respond_safely(query, self.index, tcp=False)
-
-    def respond_tcp(self, query: bytes) -> bytes | None:
-        return wire.respond_safely(query, self.index, tcp=True)
 
     async def listen(self) -> None:
         """Bind every listener before serving anything, so a bad address fails the start."""
@@ -130,11 +126,13 @@ class Server:
                     udp_sock, tcp_sock = _open_pair(entry)
                 else:
                     raise OSError(exc.errno, f"cannot listen on {entry}: {exc.strerror}") from None
-            self.udp.append(udp.UdpListener(udp_sock, self.respond_udp, self.udp_stats))
+            self.udp.append(
+                udp.UdpListener(udp_sock, functools.partial(wire.respond_safely, index=self.index), self.udp_stats)
+            )
             self.tcp.append(
                 tcp.TcpListener(
                     tcp_sock,
-                    self.respond_tcp,
+                    functools.partial(wire.respond_safely, index=self.index, tcp=True),
                     idle_timeout=self.config.tcp_idle_timeout,
                     max_connections=self.config.tcp_max_connections,
                     stats=self.tcp_stats,
@@ -152,13 +150,11 @@ class Server:
 
         A Resync of a large cluster is applied in slices with the loop free in between, so
         queries keep being answered (from the old data, then the new, name by name)."""
+        self._slice_end = time.monotonic() + UPDATE_SLICE
         if isinstance(event, Resync):
-            deadline = time.monotonic() + UPDATE_SLICE
             for changes in self.store.resync_steps(event):
                 await self._update(changes)
-                if time.monotonic() > deadline:
-                    await asyncio.sleep(0)
-                    deadline = time.monotonic() + UPDATE_SLICE
+                await self._breathe()
             gc.freeze()  # these records are long-lived: keep them out of every future collection
         else:
             await self._update(self.store.apply(event))
@@ -171,16 +167,20 @@ class Server:
         self._schedule_serial()
 
     async def _update(self, changes: Changes) -> None:
-        """Rebuild the touched owners, yielding to the loop every UPDATE_SLICE seconds."""
-        services, pods = sorted(changes.services), sorted(changes.pods)
-        deadline = time.monotonic() + UPDATE_SLICE
-        for kind, keys in (("services", services), ("pods", pods)):
-            for key in keys:
-                self.index.update(Changes(**{kind: {key}}), self.store)
-                if time.monotonic() > deadline:
-                    self._schedule_serial()
-                    await asyncio.sleep(0)
-                    deadline = time.monotonic() + UPDATE_SLICE
+        """Rebuild the touched owners, letting the loop answer queries every UPDATE_SLICE."""
+        for key in sorted(changes.services):
+            self.index.update_service(key, self.store)
+            await self._breathe()
+        for key in sorted(changes.pods):
+            self.index.update_pod(key, self.store)
+            await self._breathe()
+
+    async def _breathe(self) -> None:
+        """Yield to the loop once UPDATE_SLICE has passed since it last had a turn."""
+        if time.monotonic() > self._slice_end:
+            self._schedule_serial()
+            await asyncio.sleep(0)
+            self._slice_end = time.monotonic() + UPDATE_SLICE
 
     def _schedule_serial(self) -> None:
         if not self.index.dirty or self._serial_timer is not None:

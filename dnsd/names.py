@@ -76,10 +76,6 @@ def pack_address(text: str) -> bytes | None:
         return None
 
 
-def address_text(packed: bytes) -> str:
-    return str(ipaddress.ip_address(packed))
-
-
 def is_dns_label(text: str) -> bool:
     """A single DNS label dnsd is willing to publish: 1-63 letters, digits, '-' or '_'."""
     return _LABEL.fullmatch(text) is not None

@@ -42,6 +42,18 @@ OPT_PLAIN = _OPT_HEAD + b"\x00\x00\x00\x00\x00\x00"
 OPT_DO = _OPT_HEAD + b"\x00\x00\x80\x00\x00\x00"
 OPT_BADVERS = _OPT_HEAD + b"\x01\x00"
 _FAST_EXCLUDED_TYPES = frozenset({AXFR, IXFR, OPT, 0})
+
+
+def _opt(do: bool | None) -> bytes:
+    """Our OPT record for a query with EDNS (do is its DO bit), or nothing for one without."""
+    return b"" if do is None else OPT_DO if do else OPT_PLAIN
+
+
+def _udp_limit(payload: int | None) -> int:
+    """Largest UDP response: 512 without EDNS, else the client's payload within 512..1232."""
+    return UDP_MINIMUM if payload is None else max(UDP_MINIMUM, min(payload, UDP_PAYLOAD))
+
+
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 
 # Rotates the order of multi-record answers so clients that take the first address spread out.
@@ -74,8 +86,7 @@ def respond(query: bytes, index: Index, *, tcp: bool = False) -> bytes | None:
                 or opt + 11 + (query[opt + 9] << 8 | query[opt + 10]) != len(query)
             ):
                 return _careful(query, index, tcp)
-            payload = query[opt + 3] << 8 | query[opt + 4]
-            limit = UDP_MINIMUM if payload < UDP_MINIMUM else min(payload, UDP_PAYLOAD)
+            limit = _udp_limit(query[opt + 3] << 8 | query[opt + 4])
             do = query[opt + 7] & 0x80 != 0
         else:
             return _careful(query, index, tcp)
@@ -124,7 +135,7 @@ def _answer(
     limit: int,
 ) -> bytes:
     """The response to one well-formed IN query; question is the name, type and class as sent."""
-    opt = b"" if do is None else OPT_DO if do else OPT_PLAIN
+    opt = _opt(do)
     extra = 0 if do is None else 1
     node = index.nodes.get(lowered)
     if node is None:
@@ -139,6 +150,7 @@ def _answer(
         return _header(qid, QR | rd, cd | SERVFAIL, ar=extra) + question + opt
     answer = None
     if node is not None:
+        # Node.get, inlined: this runs for every query
         if qtype == 28:
             answer = node.aaaa
         elif qtype == 1:
@@ -192,18 +204,11 @@ def _careful(query: bytes, index: Index, tcp: bool) -> bytes | None:
         return _formerr(query, do)
     question = _question(message)
     rrset = message.question[0]
-    opt = b"" if do is None else OPT_DO if do else OPT_PLAIN
-    extra = 0 if do is None else 1
     if rrset.rdclass != dns.rdataclass.IN or rrset.rdtype in (AXFR, IXFR):
-        return _header(qid, QR | rd, cd | REFUSED, ar=extra) + question + opt
+        return _header(qid, QR | rd, cd | REFUSED, ar=0 if do is None else 1) + question + _opt(do)
     if rrset.rdtype == OPT:
         return _formerr(query, do)
-    if tcp:
-        limit = TCP_MAXIMUM
-    elif do is None:
-        limit = UDP_MINIMUM
-    else:
-        limit = max(UDP_MINIMUM, min(message.payload, UDP_PAYLOAD))
+    limit = TCP_MAXIMUM if tcp else _udp_limit(None if do is None else message.payload)
     lowered = rrset.name.canonicalize().to_wire()
     return _answer(qid, rd, cd, question, lowered, rrset.rdtype, do, index, limit)
 
@@ -216,8 +221,7 @@ def _question(message: dns.message.Message) -> bytes:
 
 
 def _formerr(query: bytes, do: bool | None = None) -> bytes:
-    opt = b"" if do is None else OPT_DO if do else OPT_PLAIN
-    return _header(query[:2], QR | (query[2] & (0x78 | RD)), FORMERR, ar=0 if do is None else 1, qd=0) + opt
+    return _header(query[:2], QR | (query[2] & (0x78 | RD)), FORMERR, ar=0 if do is None else 1, qd=0) + _opt(do)
 
 
 def respond_safely(query: bytes, index: Index, *, tcp: bool = False) -> bytes | None:

@@ -258,13 +258,19 @@ class Index:
     def update(self, changes: Changes, store: Store) -> None:
         """Rebuild the names of the Services and Pods in changes from the store."""
         for key in sorted(changes.services):
-            service = store.services.get(key)
-            owner = ("svc", *key)
-            self._set_owner(owner, service_contribution(service, store, self.config), _priority(owner, service))
+            self.update_service(key, store)
         for key in sorted(changes.pods):
-            pod = store.pods.get(key)
-            owner = ("pod", *key)
-            self._set_owner(owner, pod_contribution(pod, self.config), _priority(owner, pod))
+            self.update_pod(key, store)
+
+    def update_service(self, key: tuple[str, str], store: Store) -> None:
+        service = store.services.get(key)
+        owner = ("svc", *key)
+        self._set_owner(owner, service_contribution(service, store, self.config), _priority(owner, service))
+
+    def update_pod(self, key: tuple[str, str], store: Store) -> None:
+        pod = store.pods.get(key)
+        owner = ("pod", *key)
+        self._set_owner(owner, pod_contribution(pod, self.config), _priority(owner, pod))
 
     def advance_serial(self, now: float) -> bool:
         """Move the serial forward if answers changed; returns whether it moved."""

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import dns.message
@@ -112,24 +112,30 @@ _LISTENING = re.compile(r"listening on \[?([0-9a-fA-F.:]+?)\]?:(\d+) ")
 
 
 class DnsdProcess:
-    """A `python -m dnsd` child process; its stderr is collected in `lines`."""
+    """A dnsd child process (`python -m dnsd ARGS` unless a command is given); its stderr is
+    collected in `lines`, and the addresses it listens on in `addresses`."""
 
-    def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None, stdin: bytes | None = None) -> None:
-        # Many dnsd processes run at once: their ops endpoints take any free port unless a test says.
-        full_env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "DNSD_HTTP": "127.0.0.1:0",
-            "DNSD_LAMEDUCK": "0",
-            **(env or {}),
-        }
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        cwd: Path = ROOT,
+        stdin: bytes | None = None,
+    ) -> None:
+        # Many dnsd processes run at once: their ops endpoints take any free port, and they
+        # stop at once, unless a test says otherwise.
+        defaults = {"PYTHONUNBUFFERED": "1", "DNSD_HTTP": "127.0.0.1:0", "DNSD_LAMEDUCK": "0"}
+        full_env = {**os.environ, **defaults, **(env or {})} if inherit_env else dict(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dnsd", *args],
+            [*(command or (sys.executable, "-m", "dnsd")), *args],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=full_env,
-            cwd=ROOT,
+            cwd=cwd,
         )
         if stdin is not None:
             assert self.proc.stdin is not None
@@ -149,17 +155,22 @@ class DnsdProcess:
             if match:
                 self.addresses.append((match.group(1), int(match.group(2))))
 
-    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+    def wait_for_match(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        """The first stderr line matching pattern, waiting for it; fails if dnsd exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in list(self.lines):
-                if text in line:
-                    return line
+                match = re.search(pattern, line)
+                if match:
+                    return match
             if self.proc.poll() is not None:
                 self._reader.join(2)
-                raise AssertionError(f"dnsd exited {self.proc.returncode} before {text!r}: {self.lines}")
+                raise AssertionError(f"dnsd exited {self.proc.returncode} before {pattern!r}: {self.lines}")
             time.sleep(0.02)
-        raise AssertionError(f"no {text!r} within {timeout}s: {self.lines}")
+        raise AssertionError(f"no {pattern!r} within {timeout}s: {self.lines}")
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        return self.wait_for_match(re.escape(text), timeout).string
 
     def ready(self) -> DnsdProcess:
         self.wait_for("synced")

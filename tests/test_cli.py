@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -195,24 +194,7 @@ class CommandProcess(DnsdProcess):
     """Like the conftest fixture's process, but any command line and any working directory."""
 
     def __init__(self, command: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={
-                **os.environ,
-                "PYTHONUNBUFFERED": "1",
-                "DNSD_HTTP": "127.0.0.1:0",
-                "DNSD_LAMEDUCK": "0",
-                **(env or {}),
-            },
-            cwd=cwd,
-        )
-        self.lines = []
-        self.addresses = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(command=command, cwd=cwd, env=env)
 
 
 @pytest.fixture

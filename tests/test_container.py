@@ -26,7 +26,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ import dns.query
 import dns.rcode
 import dockerfile
 import pytest
-from conftest import EXAMPLE, Zone, rrsets_text
+from conftest import EXAMPLE, DnsdProcess, Zone, rrsets_text
 from dockerfile_model import ROOT, Stage, build_context, stages
 
 import dnsd
@@ -219,32 +218,6 @@ def make_read_only(root: Path) -> None:
     subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
 
 
-class Process:
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            if self.proc.poll() is not None:
-                self._reader.join(2)
-                raise AssertionError(f"dnsd exited {self.proc.returncode}: {self.lines}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} within {timeout}s: {self.lines}")
-
-
 @pytest.fixture(scope="module")
 def replayed() -> Iterator[tuple[Image, list[str], dict[str, str], str]]:
     all_stages = stages()
@@ -318,10 +291,10 @@ def test_runs_as_numeric_user_from_read_only_install(replayed: tuple[Image, list
             *args,
         ]
     # else the tests already run as a non-root user: the point (not root, nothing writable) holds.
-    process = Process(args, env, image.root)
+    process = DnsdProcess(command=args, env=env, inherit_env=False, cwd=image.root)
     try:
-        port = int(process.wait_for(r"listening on \[?[0-9.:]+\]?:(\d+) ").group(1))
-        process.wait_for("synced")
+        port = int(process.wait_for_match(r"listening on \[?[0-9.:]+\]?:(\d+) ", timeout=30).group(1))
+        process.wait_for("synced", timeout=30)
         status = Path(f"/proc/{process.proc.pid}/status").read_text()
         if os.geteuid() == 0:
             assert re.search(rf"^Uid:\s+{uid}\s+{uid}\s+{uid}\s+{uid}$", status, re.M), status

@@ -391,29 +391,23 @@ class Reflector:
         async with response:
             # One line reader for the whole stream: a chunk may hold the end of the initial
             # events and the first live ones, and a second reader would lose the latter.
-            lines = _lines(response)
-            async for line in lines:
-                event = _parse_event(line)
-                self._events += 1
-                await self._pause()
+            events = self._events_of(_lines(response))
+            async for event in events:
                 if event.type == "BOOKMARK":
                     annotations = (event.object.get("metadata") or {}).get("annotations") or {}
                     if annotations.get("k8s.io/initial-events-end") == "true":
                         self.state.streaming = True
                         self._replace(list(initial.values()), event.resource_version or "")
                         initial.clear()  # the records live on in the store; this dict need not
-                        await self._follow(lines)
+                        await self._follow(events)
                         return
                     raise StreamingListRefused("a bookmark before the end of the initial events")
-                if event.type == "ERROR":
-                    raise _status_error(event.object)
                 if event.type in ("ADDED", "MODIFIED"):
                     record = self._record(event.object)
                     if record is not None:
                         initial[record.key] = record
                 elif event.type == "DELETED":
-                    metadata = event.object.get("metadata") or {}
-                    initial.pop((metadata.get("namespace") or "default", metadata.get("name") or ""), None)
+                    initial.pop(_key_of(event.object), None)
         raise StreamingListRefused("the stream ended before the end of the initial events")
 
     async def _watch(self, resource_version: str) -> None:
@@ -425,10 +419,10 @@ class Reflector:
         )
         response = await self._get(url, timeout=self._watch_timeout())
         async with response:
-            await self._follow(_lines(response))
+            await self._follow(self._events_of(_lines(response)))
 
-    async def _follow(self, lines: AsyncIterator[bytes]) -> None:
-        """Apply watch events until the server ends the stream cleanly."""
+    async def _events_of(self, lines: AsyncIterator[bytes]) -> AsyncIterator[WatchEvent]:
+        """The events of a watch stream; an ERROR event is raised as the error it carries."""
         async for line in lines:
             event = _parse_event(line)
             self.state.last_event = time.time()
@@ -436,6 +430,11 @@ class Reflector:
             await self._pause()
             if event.type == "ERROR":
                 raise _status_error(event.object)
+            yield event
+
+    async def _follow(self, events: AsyncIterator[WatchEvent]) -> None:
+        """Apply watch events until the server ends the stream cleanly."""
+        async for event in events:
             log.debug("%s: %s at %s", self.name, event.type, event.resource_version)
             if event.type in ("ADDED", "MODIFIED"):
                 record = self._record(event.object)
@@ -457,9 +456,9 @@ class Reflector:
             return None
 
     def _emit_delete(self, obj: Mapping[str, Any]) -> None:
-        metadata = obj.get("metadata") or {}
-        if metadata.get("name"):
-            self.emit(Delete(self.kind, metadata.get("namespace") or "default", metadata["name"], time.time()))
+        namespace, name = _key_of(obj)
+        if name:
+            self.emit(Delete(self.kind, namespace, name, time.time()))
 
     def _replace(self, records: list[Record], resource_version: str) -> None:
         self.emit(Resync(self.kind, tuple(records), self.namespace))
@@ -468,6 +467,11 @@ class Reflector:
         self.state.last_event = time.time()
         log.info("%s: listed %d objects at resourceVersion %s", self.name, len(records), resource_version)
         self._listed.set()
+
+
+def _key_of(obj: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = obj.get("metadata") or {}
+    return (metadata.get("namespace") or "default", metadata.get("name") or "")
 
 
 def _parse_event(line: bytes) -> WatchEvent:
