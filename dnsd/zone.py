@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 
 import dns.name
 
@@ -56,6 +57,11 @@ Owner = tuple[str, str, str]
 Priority = tuple[int, str, str]
 STATIC: Owner = ("static", "", "")
 
+RR = tuple[bytes, int, int, bytes]
+"""One resource record for zone transfers: (lower-case wire owner, type, TTL, uncompressed RDATA)."""
+Delta = tuple[int, int, tuple[RR, ...], tuple[RR, ...]]
+"""One serial step of a zone for IXFR: (old serial, new serial, removed, added), SOA not included."""
+
 
 class Answer:
     """One RRset ready to send, as compact as Python allows (a cluster has one per name).
@@ -87,6 +93,14 @@ class Answer:
         if self.size:
             return self.records[start * self.size : (start + self.window) * self.size]  # type: ignore[return-value]
         return b"".join(self.records[start : start + self.window])
+
+    def each_record(self) -> Iterator[bytes]:
+        """Every record once, in wire form (owner pointer, type, class, TTL, length, RDATA)."""
+        if not self.size:
+            yield from self.records[: self.count]
+            return
+        for start in range(0, self.count * self.size, self.size):
+            yield self.records[start : start + self.size]  # type: ignore[misc]
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -162,6 +176,15 @@ class Node:
         answers = [self.aaaa, self.a, *(self.others or {}).values()]
         return sum(answer.count for answer in answers if answer is not None)
 
+    def rrs(self, name: bytes) -> Iterator[RR]:
+        """The node's records as transfer RRs (glue is not the node's: it has names of its own)."""
+        for answer in (self.aaaa, self.a, *(self.others or {}).values()):
+            if answer is None:
+                continue
+            for record in answer.each_record():
+                rdtype, _class, ttl, _length = RR_FIXED.unpack_from(record, 2)
+                yield (name, rdtype, ttl, record[12:])
+
 
 def compressed_name(name: bytes, qname: bytes) -> bytes:
     """A wire name as a pointer into the question name (at offset 12) where they share a suffix."""
@@ -212,7 +235,7 @@ def _priority(owner: Owner, record: Service | Pod | None) -> Priority:
 class Index:
     """All served zones: the answer nodes, the per-zone SOA, and the serial."""
 
-    def __init__(self, config: Config, *, now: float) -> None:
+    def __init__(self, config: Config, *, now: float, journal: int = 0) -> None:
         self.config = config
         self.nodes: dict[bytes, Node] = {}
         self.zones: dict[bytes, ZoneInfo] = {z.to_wire(): ZoneInfo(z) for z in config.zones}
@@ -231,9 +254,19 @@ class Index:
         """Every claimant's node, for the few names several owners claim."""
         self._below: dict[bytes, int] = {}
         """How many names with data lie strictly below each empty-non-terminal candidate."""
+        self.on_serial: Callable[[int], None] | None = None
+        """Called after the serial moved (NOTIFY to secondaries)."""
+        self._journal: deque[tuple[int, int, dict[bytes, tuple[tuple[RR, ...], tuple[RR, ...]]]]] = deque(
+            maxlen=journal or None
+        )
+        """Per serial step, each zone's removed and added records (IXFR); empty unless journal > 0."""
+        self._journal_size = journal
+        self._touched: dict[bytes, Node | None] = {}
+        """Names changed since the serial last moved, with what they served before (journal only)."""
         self._set_owner(STATIC, static_contribution(config, self.serial), (-1, "", ""))
         self._refresh_soa()
         self.dirty = False
+        self._touched.clear()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -276,11 +309,72 @@ class Index:
         """Move the serial forward if answers changed; returns whether it moved."""
         if not self.dirty:
             return False
+        old_serial = self.serial
         self.serial = max((self.serial + 1) & 0xFFFFFFFF, int(now) & 0xFFFFFFFF)
+        if self._journal_size:
+            self._journal.append((old_serial, self.serial, self._deltas()))
         self._set_owner(STATIC, static_contribution(self.config, self.serial), (-1, "", ""))
+        self._touched.clear()
         self._refresh_soa()
         self.dirty = False
+        if self.on_serial is not None:
+            self.on_serial(self.serial)
         return True
+
+    # -- zone transfers ----------------------------------------------------------------------
+
+    def soa_record(self, apex: bytes, serial: int) -> RR:
+        """The apex SOA as it was (or is) at serial."""
+        return (apex, SOA, self.config.ttl, soa_rdata(self.zones[apex].apex, self.config, serial))
+
+    def zone_snapshot(self, apex: bytes, now: float) -> tuple[int, Iterator[RR]]:
+        """For AXFR: the serial (advanced first if answers changed) and every record of the zone,
+        the apex SOA first. The iterator reads a copy taken now, so a transfer that sends it a
+        slice at a time sends one consistent version whatever changes meanwhile."""
+        self.advance_serial(now)
+        serial, nodes = self.serial, self.nodes.copy()
+        zone = self.zones[apex]
+
+        def records() -> Iterator[RR]:
+            yield self.soa_record(apex, serial)
+            for name, node in nodes.items():
+                if node.owner is None or node.zone is not zone:
+                    continue
+                for rr in node.rrs(name):
+                    if rr[1] != SOA:
+                        yield rr
+
+        return serial, records()
+
+    def changes_since(self, apex: bytes, serial: int, now: float) -> list[Delta] | None:
+        """For IXFR: the steps from serial to the current serial (advanced first if answers
+        changed), oldest first; [] when serial is current; None when the journal does not reach
+        back to serial (the client then gets the whole zone)."""
+        self.advance_serial(now)
+        if serial == self.serial:
+            return []
+        steps = list(self._journal)
+        for position, (old, _new, _zones) in enumerate(steps):
+            if old == serial:
+                empty: tuple[tuple[RR, ...], tuple[RR, ...]] = ((), ())
+                return [(old, new, *zones.get(apex, empty)) for old, new, zones in steps[position:]]
+        return None
+
+    def _deltas(self) -> dict[bytes, tuple[tuple[RR, ...], tuple[RR, ...]]]:
+        removed: dict[bytes, list[RR]] = {}
+        added: dict[bytes, list[RR]] = {}
+        for name, before in self._touched.items():
+            after = self.nodes.get(name)
+            old = set(before.rrs(name)) if before is not None else set()
+            new = set(after.rrs(name)) if after is not None and after.owner is not None else set()
+            zone = self._zone_of(name).apex_wire
+            removed.setdefault(zone, []).extend(sorted(rr for rr in old - new if rr[1] != SOA))
+            added.setdefault(zone, []).extend(sorted(rr for rr in new - old if rr[1] != SOA))
+        return {
+            zone: (tuple(removed[zone]), tuple(added[zone]))
+            for zone in removed
+            if removed[zone] or added[zone]
+        }
 
     def _refresh_soa(self) -> None:
         timers = self.config.soa_timers
@@ -363,6 +457,8 @@ class Index:
             return
         if node is None and not had_data:
             return
+        if self._journal_size and name not in self._touched:
+            self._touched[name] = previous if had_data else None
         self.dirty = True
         self.generation += 1
         self.record_count += (node.record_count if node else 0) - (previous.record_count if had_data else 0)  # type: ignore[union-attr]
