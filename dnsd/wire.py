@@ -16,6 +16,7 @@ import itertools
 import logging
 import struct
 
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -42,6 +43,13 @@ OPT_PLAIN = _OPT_HEAD + b"\x00\x00\x00\x00\x00\x00"
 OPT_DO = _OPT_HEAD + b"\x00\x00\x80\x00\x00\x00"
 OPT_BADVERS = _OPT_HEAD + b"\x01\x00"
 _FAST_EXCLUDED_TYPES = frozenset({AXFR, IXFR, OPT, 0})
+
+# dnsd implements no EDNS option, so every option is "unknown" and ignored (RFC 6891 §6.1.2),
+# whatever its content. dnspython validates the ones it knows (a 5-byte COOKIE, a bad ECS prefix)
+# and would fail the whole parse, turning a BADVERS or REFUSED into FORMERR on the careful path
+# only; parsed as opaque bytes, both paths treat options alike.
+for _code in list(dns.edns._type_to_class):
+    dns.edns.register_type(dns.edns.GenericOption, _code)
 
 
 def _opt(do: bool | None) -> bytes:
