@@ -261,15 +261,26 @@ def service_contribution(service: Service | None, store: Store, config: Config) 
     return contribution
 
 
+def is_named(pod: Pod | None, config: Config) -> bool:
+    """Whether a pod has names of its own (and PTRs): active, with addresses of its own."""
+    return (
+        pod is not None and config.pod_records and pod.active and not pod.host_network and bool(pod.addresses)
+    )
+
+
+def pod_address_data(pod: Pod, config: Config) -> NameData:
+    return _address_rrsets(pod.addresses, config.ttl)
+
+
 def pod_contribution(pod: Pod | None, config: Config) -> Contribution:
-    if pod is None or not config.pod_records or not pod.active or pod.host_network or not pod.addresses:
+    if pod is None or not is_named(pod, config):
         return {}
     if not (is_dns_label(pod.name) and is_dns_label(pod.namespace)):
         _skip("invalid_label", "pod %s/%s: name is not a DNS label; it gets no name", pod.namespace, pod.name)
         return {}
     wires = zone_wires(config)
     middle = label(pod.name) + label(pod.namespace) + b"\x03pod"
-    data = _address_rrsets(pod.addresses, config.ttl)
+    data = pod_address_data(pod, config)
     contribution: Contribution = {}
     for zone in wires.forward:
         name = join(middle, zone)

@@ -47,10 +47,16 @@ class Store:
         self.pods: dict[Key, Pod] = {}
         self.synced = False
         self._slices_by_service: dict[Key, set[Key]] = {}
-        # pod -> services whose slices name it, with how many slices do
-        self._services_by_pod: dict[Key, tuple[Key, ...]] = {}
-        """Services whose slices name a pod, once per slice that does: a tuple, not a dict,
-        because nearly every pod backs one Service and this map has an entry per pod."""
+        self._services_by_pod: dict[str, dict[str, Key | tuple[Key, ...]]] = {}
+        """Services whose slices name a pod, by namespace and pod name, once per slice that does.
+        A lone Key when there is one: nearly every pod backs one Service, and this map has an
+        entry per pod, so it holds no tuple of its own for the pod's key or its Services."""
+
+    def services_of_pod(self, key: Key) -> tuple[Key, ...]:
+        entry = self._services_by_pod.get(key[0], _NO_PODS).get(key[1])
+        if entry is None:
+            return ()
+        return (entry,) if isinstance(entry[0], str) else entry  # type: ignore[return-value]
 
     def slices_of(self, service: Key) -> list[EndpointSlice]:
         return [self.slices[k] for k in sorted(self._slices_by_service.get(service, ()))]
@@ -96,7 +102,7 @@ class Store:
         if self.pods.get(record.key) == record:
             return Changes()
         self.pods[record.key] = record
-        return Changes(services=set(self._services_by_pod.get(record.key, ())), pods={record.key})
+        return Changes(services=set(self.services_of_pod(record.key)), pods={record.key})
 
     def _remove(self, kind: Kind, key: Key) -> Changes:
         if kind == "Service":
@@ -106,7 +112,7 @@ class Store:
             return self._unindex(old) if old is not None else Changes()
         if self.pods.pop(key, None) is None:
             return Changes()
-        return Changes(services=set(self._services_by_pod.get(key, ())), pods={key})
+        return Changes(services=set(self.services_of_pod(key)), pods={key})
 
     def resync_steps(self, event: Resync, *, step: int = 500) -> Iterator[Changes]:
         """Replace one kind's records (in one namespace, if the event names one), in steps.
@@ -151,9 +157,10 @@ class Store:
         if service is None:
             return Changes()
         self._slices_by_service.setdefault(service, set()).add(piece.key)
+        by_name = self._services_by_pod.setdefault(piece.namespace, {})
         for pod in _pods_named(piece):
-            pod_key = (piece.namespace, pod)
-            self._services_by_pod[pod_key] = (*self._services_by_pod.get(pod_key, ()), service)
+            known = self.services_of_pod((piece.namespace, pod))
+            by_name[pod] = (*known, service) if known else service
         return Changes(services={service})
 
     def _unindex(self, piece: EndpointSlice) -> Changes:
@@ -165,17 +172,24 @@ class Store:
             keys.discard(piece.key)
             if not keys:
                 del self._slices_by_service[service]
+        by_name = self._services_by_pod.get(piece.namespace, _NO_PODS)
         for pod in _pods_named(piece):
-            pod_key = (piece.namespace, pod)
-            services = list(self._services_by_pod.get(pod_key, ()))
+            services = list(self.services_of_pod((piece.namespace, pod)))
             if service not in services:
                 continue
             services.remove(service)
-            if services:
-                self._services_by_pod[pod_key] = tuple(services)
+            if len(services) > 1:
+                by_name[pod] = tuple(services)
+            elif services:
+                by_name[pod] = services[0]
             else:
-                del self._services_by_pod[pod_key]
+                del by_name[pod]
+        if not by_name:
+            self._services_by_pod.pop(piece.namespace, None)
         return Changes(services={service})
+
+
+_NO_PODS: dict[str, Key | tuple[Key, ...]] = {}
 
 
 def _pods_named(piece: EndpointSlice) -> set[str]:

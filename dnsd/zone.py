@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 import dns.name
 
 from dnsd.config import Config
-from dnsd.names import label_offsets, to_text
+from dnsd.names import join, label, label_offsets, to_text
 from dnsd.records import Pod, Service
 from dnsd.rrsets import (
     AAAA,
@@ -38,6 +38,7 @@ from dnsd.rrsets import (
     A,
     Contribution,
     NameData,
+    pod_address_data,
     pod_contribution,
     service_contribution,
     soa_rdata,
@@ -56,6 +57,7 @@ ANY_PREFERENCE = (SOA, AAAA, A, CNAME, SRV, PTR, NS)
 Owner = tuple[str, str, str]
 Priority = tuple[int, str, str]
 STATIC: Owner = ("static", "", "")
+POD_NODE_CACHE = 4096
 
 RR = tuple[bytes, int, int, bytes]
 """One resource record for zone transfers: (lower-case wire owner, type, TTL, uncompressed RDATA)."""
@@ -263,6 +265,14 @@ class Index:
         self._journal_size = journal
         self._touched: dict[bytes, Node | None] = {}
         """Names changed since the serial last moved, with what they served before (journal only)."""
+        self._named_pods: dict[str, dict[str, Pod]] = {}
+        """Pods answered at <pod>.<ns>.pod.Z, by namespace and name. These names are rendered when
+        asked, not kept as nodes: a cluster has one per pod, and a node per pod would cost more
+        than the pod's record (issue 3's memory budget)."""
+        self._named_pod_count = 0
+        self._pod_nodes: dict[bytes, Node] = {}
+        """Recently asked pod names, rendered; dropped when their pod changes."""
+        self._forward = {z.to_wire(): self.zones[z.to_wire()] for z in config.forward_zones}
         self._set_owner(STATIC, static_contribution(config, self.serial), (-1, "", ""))
         self._refresh_soa()
         self.dirty = False
@@ -284,7 +294,40 @@ class Index:
         return None
 
     def __len__(self) -> int:
-        return len(self.nodes)
+        return len(self.nodes) + self._named_pod_count * len(self._forward)
+
+    def lookup(self, name: bytes) -> Node | None:
+        """The node of a lower-cased wire name, kept or rendered on demand; None: no such name."""
+        node = self.nodes.get(name)
+        return node if node is not None else self.pod_node(name)
+
+    def pod_node(self, name: bytes) -> Node | None:
+        """The node of <pod>.<ns>.pod.Z, rendered from the pod's record (None: no such pod)."""
+        if not self._named_pods:
+            return None
+        node = self._pod_nodes.get(name)
+        if node is not None:
+            return node
+        first = name[0]
+        namespace_at = first + 1
+        if not first or namespace_at >= len(name) or not name[namespace_at]:
+            return None
+        pod_label_at = namespace_at + name[namespace_at] + 1
+        zone = self._forward.get(name[pod_label_at + 4 :])
+        if zone is None or name[pod_label_at : pod_label_at + 4] != b"\x03pod":
+            return None
+        pods = self._named_pods.get(name[namespace_at + 1 : pod_label_at].decode("latin-1"))
+        pod = pods.get(name[1:namespace_at].decode("latin-1")) if pods else None
+        if pod is None:
+            return None
+        owner = ("pod", pod.namespace, pod.name)
+        node = render(
+            name, pod_address_data(pod, self.config), zone, self.config.max_answers, owner, _priority(owner, pod)
+        )
+        if len(self._pod_nodes) >= POD_NODE_CACHE:
+            self._pod_nodes.clear()
+        self._pod_nodes[name] = node
+        return node
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -301,9 +344,54 @@ class Index:
         self._set_owner(owner, service_contribution(service, store, self.config), _priority(owner, service))
 
     def update_pod(self, key: tuple[str, str], store: Store) -> None:
+        """A pod's PTRs are kept as nodes (several pods may claim one); its own names are not,
+        unless its name is not in canonical (lower) case, which the query-time lookup needs."""
+        namespace, name = key
         pod = store.pods.get(key)
         owner = ("pod", *key)
-        self._set_owner(owner, pod_contribution(pod, self.config), _priority(owner, pod))
+        contribution = pod_contribution(pod, self.config)
+        answered = bool(contribution) and name == name.lower() and namespace == namespace.lower()
+        own_names = self._pod_names(namespace, name) if answered or namespace in self._named_pods else []
+        if answered:
+            for own_name in own_names:
+                contribution.pop(own_name, None)
+        self._set_owner(owner, contribution, _priority(owner, pod))
+        pods = self._named_pods.get(namespace)
+        before = pods.get(name) if pods else None
+        before_data = pod_address_data(before, self.config) if before is not None else None
+        after_data = pod_address_data(pod, self.config) if answered and pod is not None else None
+        if before_data != after_data:
+            for own_name in own_names:
+                self._publish_pod_name(own_name, before_data, after_data)
+        if answered and pod is not None:
+            if pods is None:
+                pods = self._named_pods[pod.namespace] = {}
+            self._named_pod_count += before is None
+            pods[pod.name] = pod
+        elif before is not None and pods is not None:
+            del pods[name]
+            self._named_pod_count -= 1
+            if not pods:
+                del self._named_pods[namespace]
+
+    def _pod_names(self, namespace: str, name: str) -> list[bytes]:
+        middle = label(name) + label(namespace) + b"\x03pod"
+        return [wire for zone in self._forward if (wire := join(middle, zone)) is not None]
+
+    def _publish_pod_name(self, name: bytes, before: NameData | None, after: NameData | None) -> None:
+        if self._journal_size and name not in self._touched:
+            zone = self._zone_of(name)
+            self._touched[name] = (
+                render(name, before, zone, self.config.max_answers, ("pod", "", "")) if before else None
+            )
+        self.dirty = True
+        self.generation += 1
+        self.record_count += _record_count(after) - _record_count(before)
+        self._pod_nodes.pop(name, None)
+        if before is None:
+            self._add_descendant(name)
+        elif after is None:
+            self._drop_descendant(name)
 
     def advance_serial(self, now: float) -> bool:
         """Move the serial forward if answers changed; returns whether it moved."""
@@ -333,6 +421,7 @@ class Index:
         slice at a time sends one consistent version whatever changes meanwhile."""
         self.advance_serial(now)
         serial, nodes = self.serial, self.nodes.copy()
+        pods = [pod for by_name in self._named_pods.values() for pod in by_name.values()]
         zone = self.zones[apex]
 
         def records() -> Iterator[RR]:
@@ -343,6 +432,15 @@ class Index:
                 for rr in node.rrs(name):
                     if rr[1] != SOA:
                         yield rr
+            if apex not in self._forward:
+                return
+            for pod in pods:
+                data = pod_address_data(pod, self.config)
+                for name in self._pod_names(pod.namespace, pod.name):
+                    if name.endswith(apex) and self.zone_for(name) is zone and name not in nodes:
+                        yield from (
+                            (name, rdtype, rrset.ttl, rdata) for rdtype, rrset in data.items() for rdata in rrset.rdatas
+                        )
 
         return serial, records()
 
@@ -364,17 +462,13 @@ class Index:
         removed: dict[bytes, list[RR]] = {}
         added: dict[bytes, list[RR]] = {}
         for name, before in self._touched.items():
-            after = self.nodes.get(name)
+            after = self.lookup(name)
             old = set(before.rrs(name)) if before is not None else set()
             new = set(after.rrs(name)) if after is not None and after.owner is not None else set()
             zone = self._zone_of(name).apex_wire
             removed.setdefault(zone, []).extend(sorted(rr for rr in old - new if rr[1] != SOA))
             added.setdefault(zone, []).extend(sorted(rr for rr in new - old if rr[1] != SOA))
-        return {
-            zone: (tuple(removed[zone]), tuple(added[zone]))
-            for zone in removed
-            if removed[zone] or added[zone]
-        }
+        return {zone: (tuple(removed[zone]), tuple(added[zone])) for zone in removed if removed[zone] or added[zone]}
 
     def _refresh_soa(self) -> None:
         timers = self.config.soa_timers
@@ -394,11 +488,16 @@ class Index:
             for name, data in contribution.items()
         ]
         owned = self._owned.get(owner, ())
-        removed = [name for name in ((owned,) if isinstance(owned, bytes) else owned) if name not in contribution]
-        if len(contribution) == 1:
-            self._owned[owner] = next(iter(contribution))  # most pods own one name: no tuple for it
-        elif contribution:
-            self._owned[owner] = tuple(contribution)
+        previous = (owned,) if isinstance(owned, bytes) else owned
+        removed = [name for name in previous if name not in contribution]
+        # Keep the name objects the index already holds: `nodes` keeps the key it was first given,
+        # and a second copy of every name would cost as much as a node.
+        held = {name: name for name in previous}
+        names = [held.get(name, name) for name in contribution]
+        if len(names) == 1:
+            self._owned[owner] = names[0]  # most owners own one name: no tuple for it
+        elif names:
+            self._owned[owner] = tuple(names)
         else:
             self._owned.pop(owner, None)
         for name, node in rendered:
@@ -464,17 +563,24 @@ class Index:
         self.record_count += (node.record_count if node else 0) - (previous.record_count if had_data else 0)  # type: ignore[union-attr]
         if node is not None:
             if not had_data:
-                for ancestor in self._ancestors(name):
-                    count = self._below.get(ancestor, 0) + 1
-                    self._below[ancestor] = count
-                    if count == 1 and ancestor not in self.nodes:
-                        self.nodes[ancestor] = Node(self._zone_of(ancestor))
+                self._add_descendant(name)
             self.nodes[name] = node
             return
         if self._below.get(name, 0) > 0:
             self.nodes[name] = Node(self._zone_of(name))
         else:
             del self.nodes[name]
+        self._drop_descendant(name)
+
+    def _add_descendant(self, name: bytes) -> None:
+        """A name with data appeared: its ancestors exist (as empty non-terminals if nothing else)."""
+        for ancestor in self._ancestors(name):
+            count = self._below.get(ancestor, 0) + 1
+            self._below[ancestor] = count
+            if count == 1 and ancestor not in self.nodes:
+                self.nodes[ancestor] = Node(self._zone_of(ancestor))
+
+    def _drop_descendant(self, name: bytes) -> None:
         for ancestor in self._ancestors(name):
             count = self._below[ancestor] - 1
             if count:
@@ -484,3 +590,7 @@ class Index:
             ent = self.nodes.get(ancestor)
             if ent is not None and ent.owner is None:
                 del self.nodes[ancestor]
+
+
+def _record_count(data: NameData | None) -> int:
+    return sum(len(rrset.rdatas) for rrset in data.values()) if data else 0

@@ -86,6 +86,8 @@ def test_journal_steps_turn_each_snapshot_into_the_next(seed: int) -> None:
             assert not set(added) & _without_soa(old)
             assert (_without_soa(old) - set(removed)) | set(added) == _without_soa(new)
             snapshots.append((serial, new))
+        # The snapshots hold exactly what is served, names rendered at query time included.
+        assert zone.index.record_count == sum(len(zone.snapshot(apex)[1]) for apex in zone.index.zones)
     # From any remembered serial, the chained steps lead to the current zone.
     for apex, snapshots in history.items():
         current = _without_soa(snapshots[-1][1])

@@ -186,3 +186,45 @@ def test_object_without_name_is_an_error() -> None:
 
     with pytest.raises(RecordError):
         record_from({"kind": "Pod", "metadata": {}}, POLICY)
+
+
+def test_pod_names_are_rendered_at_query_time_and_follow_their_pod(zone: Zone) -> None:
+    """<pod>.<ns>.pod.Z is not kept as a node but answered from the pod; its namespace and the
+    pod. label are empty non-terminals exactly while a named pod is in them."""
+    name = "web-a.default.pod.gua.example.com."
+    assert b"\x05web-a\x07default\x03pod\x03gua\x07example\x03com\x00" not in zone.index.nodes
+    assert rrsets_text(zone.ask(name, "AAAA").answer) == {f"{name} 5 IN AAAA 2001:db8:1::a"}
+    generation = zone.index.generation
+    apply(zone, Upsert(pod_from(pod("web-a", "2001:db8:1::b", created="2026-01-01T00:00:00Z"), POLICY)))
+    assert zone.index.generation > generation
+    assert rrsets_text(zone.ask(name, "AAAA").answer) == {f"{name} 5 IN AAAA 2001:db8:1::b"}
+    for ent in ("default.pod.gua.example.com.", "pod.gua.example.com."):
+        reply = zone.ask(ent, "A")
+        assert (reply.rcode(), reply.answer) == (dns.rcode.NOERROR, [])
+    generation = zone.index.generation
+    apply(zone, Upsert(pod_from(pod("web-a", "2001:db8:1::b", created="2026-01-01T00:00:00Z"), POLICY)))
+    assert zone.index.generation == generation  # the same pod again: nothing a client can see
+    apply(zone, Delete("Pod", "default", "web-a"))
+    for gone in (name, "default.pod.gua.example.com.", "pod.gua.example.com."):
+        assert zone.ask(gone, "AAAA").rcode() == dns.rcode.NXDOMAIN
+    assert zone.ask("web.default.svc.gua.example.com.", "AAAA").rcode() == dns.rcode.NOERROR
+
+
+def test_pod_names_outside_canonical_case_are_still_answered() -> None:
+    zone = Zone(cluster(pod("Web-B", "2001:db8:1::c", namespace="Team")))
+    for asked in ("web-b.team.pod.gua.example.com.", "WEB-B.Team.pod.gua.example.com."):
+        answer = rrsets_text(zone.ask(asked, "AAAA").answer)
+        assert answer == {"web-b.team.pod.gua.example.com. 5 IN AAAA 2001:db8:1::c"}
+    assert zone.ask("team.pod.gua.example.com.", "AAAA").rcode() == dns.rcode.NOERROR
+
+
+def test_pod_name_lookup_rejects_look_alikes(zone: Zone) -> None:
+    for asked in (
+        "web-a.default.pod.example.com.",
+        "x.web-a.default.pod.gua.example.com.",
+        "web-a.default.svc.gua.example.com.",
+        "web-a.pod.gua.example.com.",
+        "web-a.other.pod.gua.example.com.",
+        "web-a.default.podx.gua.example.com.",
+    ):
+        assert zone.ask(asked, "AAAA").answer == [], asked
