@@ -145,7 +145,7 @@ def _answer(
     """The response to one well-formed IN query; question is the name, type and class as sent."""
     opt = _opt(do)
     extra = 0 if do is None else 1
-    node = index.nodes.get(lowered)
+    node = index.nodes.get(lowered) or index.pod_node(lowered)
     if node is None:
         zone = index.zone_for(lowered)
         if zone is None:
