@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import struct
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -140,6 +141,8 @@ def served_endpoints(service: Service, slices: list[EndpointSlice], store: Store
             pod = store.pods.get((service.namespace, endpoint.pod))
             if pod is not None:
                 addresses = addresses + [a for a in pod.addresses if a not in addresses]
+        # The endpoint's own tuple when nothing was added: the zone keeps these per endpoint.
+        served_addresses = endpoint.addresses if list(endpoint.addresses) == addresses else tuple(addresses)
         endpoint_label = endpoint.hostname or endpoint.pod
         if endpoint_label is not None and not is_dns_label(endpoint_label):
             _skip(
@@ -150,9 +153,8 @@ def served_endpoints(service: Service, slices: list[EndpointSlice], store: Store
                 endpoint_label,
             )
             endpoint_label = None
-        result.append(
-            ServedEndpoint(endpoint_label.lower() if endpoint_label else None, tuple(addresses), tuple(ports))
-        )
+        served_label = sys.intern(endpoint_label.lower()) if endpoint_label else None
+        result.append(ServedEndpoint(served_label, served_addresses, tuple(ports)))
     return result
 
 
@@ -196,13 +198,31 @@ def annotation_names(service: Service, config: Config) -> list[bytes]:
     return names
 
 
-def service_contribution(service: Service | None, store: Store, config: Config) -> Contribution:
+@dataclass(frozen=True, slots=True)
+class EndpointNames:
+    """What the names <endpoint>.<svc>.<ns>.svc.Z of one Service answer, by endpoint label.
+
+    A cluster has one such name per pod behind a Service, so the zone does not keep them as
+    nodes but renders them from this table when asked (and the tuples are the endpoints' own)."""
+
+    ttl: int
+    addresses: Mapping[str, tuple[bytes, ...]]
+
+    def data(self, endpoint_label: str) -> NameData | None:
+        addresses = self.addresses.get(endpoint_label)
+        return None if addresses is None else _address_rrsets(addresses, self.ttl)
+
+
+def service_contribution(
+    service: Service | None, store: Store, config: Config, *, endpoint_table: bool = False
+) -> tuple[Contribution, EndpointNames | None]:
+    """A Service's names; with endpoint_table, its endpoint names come as a table instead."""
     if service is None or not is_exposed(service, config):
-        return {}
+        return {}, None
     where = f"{service.namespace}/{service.name}"
     if not (is_dns_label(service.name) and is_dns_label(service.namespace)):
         _skip("invalid_label", "service %s: name or namespace is not a DNS label; it gets no name", where)
-        return {}
+        return {}, None
     ttl = service_ttl(service, config)
     middle = label(service.name) + label(service.namespace) + b"\x03svc"
     bases = []
@@ -220,16 +240,19 @@ def service_contribution(service: Service | None, store: Store, config: Config) 
             _skip(
                 "invalid_external_name", "service %s: externalName %r is not a valid name", where, service.external_name
             )
-            return {name: {} for name in bases}
+            return {name: {} for name in bases}, None
         data = {CNAME: RRset(CNAME, ttl, (target,))}
-        return {name: data for name in bases + aliases}
+        return {name: data for name in bases + aliases}, None
     endpoints = served_endpoints(service, store.slices_of(service.key), store)
     service_data = _address_rrsets({a for e in endpoints for a in e.addresses}, ttl)
     contribution: Contribution = {name: service_data for name in bases + aliases}
-    by_label: dict[str, set[bytes]] = {}
+    by_label: dict[str, tuple[bytes, ...]] = {}
     for endpoint in endpoints:
         if endpoint.label is not None:
-            by_label.setdefault(endpoint.label, set()).update(endpoint.addresses)
+            known = by_label.get(endpoint.label)
+            by_label[endpoint.label] = (
+                endpoint.addresses if known is None else tuple(sorted({*known, *endpoint.addresses}))
+            )
     for base in bases:
         targets: dict[str, bytes] = {}
         for name_label, label_addresses in by_label.items():
@@ -238,7 +261,8 @@ def service_contribution(service: Service | None, store: Store, config: Config) 
                 _skip("name_too_long", "%s.%s: name too long; skipped", name_label, to_text(base))
                 continue
             targets[name_label] = name
-            contribution[name] = _address_rrsets(label_addresses, ttl)
+            if not endpoint_table:
+                contribution[name] = _address_rrsets(label_addresses, ttl)
         srv: dict[bytes, tuple[set[bytes], set[Glue]]] = {}
         for endpoint in endpoints:
             target = targets.get(endpoint.label) if endpoint.label else None
@@ -258,7 +282,7 @@ def service_contribution(service: Service | None, store: Store, config: Config) 
         for owner, (rdatas, glue) in srv.items():
             ordered_glue = tuple(sorted(glue, key=lambda g: (g.owner, g.rdtype, g.rdata)))
             contribution[owner] = {SRV: RRset(SRV, ttl, tuple(sorted(rdatas)), ordered_glue)}
-    return contribution
+    return contribution, EndpointNames(ttl, by_label) if endpoint_table and by_label and bases else None
 
 
 def is_named(pod: Pod | None, config: Config) -> bool:

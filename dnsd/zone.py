@@ -37,6 +37,7 @@ from dnsd.rrsets import (
     SRV,
     A,
     Contribution,
+    EndpointNames,
     NameData,
     pod_address_data,
     pod_contribution,
@@ -57,7 +58,7 @@ ANY_PREFERENCE = (SOA, AAAA, A, CNAME, SRV, PTR, NS)
 Owner = tuple[str, str, str]
 Priority = tuple[int, str, str]
 STATIC: Owner = ("static", "", "")
-POD_NODE_CACHE = 4096
+RENDERED_CACHE = 4096
 
 RR = tuple[bytes, int, int, bytes]
 """One resource record for zone transfers: (lower-case wire owner, type, TTL, uncompressed RDATA)."""
@@ -265,13 +266,18 @@ class Index:
         self._journal_size = journal
         self._touched: dict[bytes, Node | None] = {}
         """Names changed since the serial last moved, with what they served before (journal only)."""
+        # A cluster has a pod name and an endpoint name per pod. A node for each would cost more
+        # than the pod's record, so these names are rendered when asked from the two tables below
+        # (issue 3's memory budget). Names of objects not in canonical (lower) case, which a
+        # lower-cased query cannot find by key, are kept as nodes instead.
         self._named_pods: dict[str, dict[str, Pod]] = {}
-        """Pods answered at <pod>.<ns>.pod.Z, by namespace and name. These names are rendered when
-        asked, not kept as nodes: a cluster has one per pod, and a node per pod would cost more
-        than the pod's record (issue 3's memory budget)."""
-        self._named_pod_count = 0
-        self._pod_nodes: dict[bytes, Node] = {}
-        """Recently asked pod names, rendered; dropped when their pod changes."""
+        """Pods answered at <pod>.<ns>.pod.Z, by namespace and name."""
+        self._endpoint_names: dict[str, dict[str, EndpointNames]] = {}
+        """Services' endpoint names <endpoint>.<svc>.<ns>.svc.Z, by namespace and Service name."""
+        self._rendered_count = 0
+        """Names the two tables answer, in each forward zone."""
+        self._rendered: dict[bytes, Node] = {}
+        """Recently asked names of the two tables, rendered; dropped when their owner changes."""
         self._forward = {z.to_wire(): self.zones[z.to_wire()] for z in config.forward_zones}
         self._set_owner(STATIC, static_contribution(config, self.serial), (-1, "", ""))
         self._refresh_soa()
@@ -294,40 +300,51 @@ class Index:
         return None
 
     def __len__(self) -> int:
-        return len(self.nodes) + self._named_pod_count * len(self._forward)
+        return len(self.nodes) + self._rendered_count * len(self._forward)
 
     def lookup(self, name: bytes) -> Node | None:
         """The node of a lower-cased wire name, kept or rendered on demand; None: no such name."""
         node = self.nodes.get(name)
-        return node if node is not None else self.pod_node(name)
+        if node is None or node.owner is None:
+            return self.rendered(name) or node
+        return node
 
-    def pod_node(self, name: bytes) -> Node | None:
-        """The node of <pod>.<ns>.pod.Z, rendered from the pod's record (None: no such pod)."""
-        if not self._named_pods:
-            return None
-        node = self._pod_nodes.get(name)
-        if node is not None:
+    def rendered(self, name: bytes) -> Node | None:
+        """The node of a pod name or an endpoint name, rendered from its table (None: not one)."""
+        node = self._rendered.get(name)
+        if node is not None or not (self._named_pods or self._endpoint_names):
             return node
-        first = name[0]
-        namespace_at = first + 1
-        if not first or namespace_at >= len(name) or not name[namespace_at]:
+        node = self._render_pod_name(name) or self._render_endpoint_name(name)
+        if node is not None:
+            if len(self._rendered) >= RENDERED_CACHE:
+                self._rendered.clear()
+            self._rendered[name] = node
+        return node
+
+    def _render_pod_name(self, name: bytes) -> Node | None:
+        parts = _split(name, 2, b"\x03pod")
+        zone = self._forward.get(parts[2]) if parts else None
+        if zone is None:
             return None
-        pod_label_at = namespace_at + name[namespace_at] + 1
-        zone = self._forward.get(name[pod_label_at + 4 :])
-        if zone is None or name[pod_label_at : pod_label_at + 4] != b"\x03pod":
-            return None
-        pods = self._named_pods.get(name[namespace_at + 1 : pod_label_at].decode("latin-1"))
-        pod = pods.get(name[1:namespace_at].decode("latin-1")) if pods else None
+        pod_label, namespace, _apex = parts  # type: ignore[misc]
+        pod = self._named_pods.get(namespace, _NOTHING).get(pod_label)
         if pod is None:
             return None
         owner = ("pod", pod.namespace, pod.name)
-        node = render(
-            name, pod_address_data(pod, self.config), zone, self.config.max_answers, owner, _priority(owner, pod)
-        )
-        if len(self._pod_nodes) >= POD_NODE_CACHE:
-            self._pod_nodes.clear()
-        self._pod_nodes[name] = node
-        return node
+        data = pod_address_data(pod, self.config)
+        return render(name, data, zone, self.config.max_answers, owner, _priority(owner, pod))
+
+    def _render_endpoint_name(self, name: bytes) -> Node | None:
+        parts = _split(name, 3, b"\x03svc")
+        zone = self._forward.get(parts[3]) if parts else None
+        if zone is None:
+            return None
+        endpoint_label, service, namespace, _apex = parts  # type: ignore[misc]
+        table = self._endpoint_names.get(namespace, _NOTHING).get(service)
+        data = table.data(endpoint_label) if table is not None else None
+        if data is None:
+            return None
+        return render(name, data, zone, self.config.max_answers, ("svc", namespace, service))
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -339,9 +356,32 @@ class Index:
             self.update_pod(key, store)
 
     def update_service(self, key: tuple[str, str], store: Store) -> None:
+        namespace, name = key
         service = store.services.get(key)
         owner = ("svc", *key)
-        self._set_owner(owner, service_contribution(service, store, self.config), _priority(owner, service))
+        canonical = name == name.lower() and namespace == namespace.lower()
+        contribution, table = service_contribution(service, store, self.config, endpoint_table=canonical)
+        self._set_owner(owner, contribution, _priority(owner, service))
+        services = self._endpoint_names.get(namespace)
+        before = services.get(name) if services else None
+        if before != table:
+            before_labels = before.addresses if before is not None else _NOTHING
+            after_labels = table.addresses if table is not None else _NOTHING
+            for endpoint_label in before_labels.keys() | after_labels.keys():
+                old = before.data(endpoint_label) if before is not None else None
+                new = table.data(endpoint_label) if table is not None else None
+                if old != new:
+                    for own_name in self._names_below(
+                        label(endpoint_label) + label(name) + label(namespace), b"\x03svc"
+                    ):
+                        self._publish_rendered(own_name, old, new)
+        self._rendered_count += len(table.addresses if table else ()) - len(before.addresses if before else ())
+        if table is not None:
+            self._endpoint_names.setdefault(namespace, {})[name] = table
+        elif services is not None and before is not None:
+            del services[name]
+            if not services:
+                del self._endpoint_names[namespace]
 
     def update_pod(self, key: tuple[str, str], store: Store) -> None:
         """A pod's PTRs are kept as nodes (several pods may claim one); its own names are not,
@@ -351,43 +391,44 @@ class Index:
         owner = ("pod", *key)
         contribution = pod_contribution(pod, self.config)
         answered = bool(contribution) and name == name.lower() and namespace == namespace.lower()
-        own_names = self._pod_names(namespace, name) if answered or namespace in self._named_pods else []
+        pods = self._named_pods.get(namespace)
+        before = pods.get(name) if pods else None
+        own_names = self._names_below(label(name) + label(namespace), b"\x03pod") if answered or before else []
         if answered:
             for own_name in own_names:
                 contribution.pop(own_name, None)
         self._set_owner(owner, contribution, _priority(owner, pod))
-        pods = self._named_pods.get(namespace)
-        before = pods.get(name) if pods else None
         before_data = pod_address_data(before, self.config) if before is not None else None
         after_data = pod_address_data(pod, self.config) if answered and pod is not None else None
         if before_data != after_data:
             for own_name in own_names:
-                self._publish_pod_name(own_name, before_data, after_data)
+                self._publish_rendered(own_name, before_data, after_data)
         if answered and pod is not None:
             if pods is None:
                 pods = self._named_pods[pod.namespace] = {}
-            self._named_pod_count += before is None
+            self._rendered_count += before is None
             pods[pod.name] = pod
         elif before is not None and pods is not None:
             del pods[name]
-            self._named_pod_count -= 1
+            self._rendered_count -= 1
             if not pods:
                 del self._named_pods[namespace]
 
-    def _pod_names(self, namespace: str, name: str) -> list[bytes]:
-        middle = label(name) + label(namespace) + b"\x03pod"
-        return [wire for zone in self._forward if (wire := join(middle, zone)) is not None]
+    def _names_below(self, labels: bytes, middle: bytes) -> list[bytes]:
+        """labels + middle + each forward zone, where that is not too long for a name."""
+        return [wire for zone in self._forward if (wire := join(labels, middle, zone)) is not None]
 
-    def _publish_pod_name(self, name: bytes, before: NameData | None, after: NameData | None) -> None:
+    def _publish_rendered(self, name: bytes, before: NameData | None, after: NameData | None) -> None:
+        """Account for a change of a name answered from the tables (None: the name does not exist)."""
         if self._journal_size and name not in self._touched:
             zone = self._zone_of(name)
             self._touched[name] = (
-                render(name, before, zone, self.config.max_answers, ("pod", "", "")) if before else None
+                render(name, before, zone, self.config.max_answers, ("", "", "")) if before is not None else None
             )
         self.dirty = True
         self.generation += 1
         self.record_count += _record_count(after) - _record_count(before)
-        self._pod_nodes.pop(name, None)
+        self._rendered.pop(name, None)
         if before is None:
             self._add_descendant(name)
         elif after is None:
@@ -422,7 +463,17 @@ class Index:
         self.advance_serial(now)
         serial, nodes = self.serial, self.nodes.copy()
         pods = [pod for by_name in self._named_pods.values() for pod in by_name.values()]
+        tables = [(ns, name, table) for ns, by_name in self._endpoint_names.items() for name, table in by_name.items()]
         zone = self.zones[apex]
+
+        def rendered(name: bytes, data: NameData) -> Iterator[RR]:
+            if self.zone_for(name) is not zone:
+                return
+            node = nodes.get(name)
+            if node is None or node.owner is None:
+                for rdtype, rrset in data.items():
+                    for rdata in rrset.rdatas:
+                        yield (name, rdtype, rrset.ttl, rdata)
 
         def records() -> Iterator[RR]:
             yield self.soa_record(apex, serial)
@@ -436,11 +487,15 @@ class Index:
                 return
             for pod in pods:
                 data = pod_address_data(pod, self.config)
-                for name in self._pod_names(pod.namespace, pod.name):
-                    if name.endswith(apex) and self.zone_for(name) is zone and name not in nodes:
-                        yield from (
-                            (name, rdtype, rrset.ttl, rdata) for rdtype, rrset in data.items() for rdata in rrset.rdatas
-                        )
+                name = join(label(pod.name), label(pod.namespace), b"\x03pod", apex)
+                if name is not None:
+                    yield from rendered(name, data)
+            for namespace, service, table in tables:
+                middle = label(service) + label(namespace) + b"\x03svc"
+                for endpoint_label in table.addresses:
+                    name = join(label(endpoint_label), middle, apex)
+                    if name is not None:
+                        yield from rendered(name, table.data(endpoint_label) or {})
 
         return serial, records()
 
@@ -590,6 +645,25 @@ class Index:
             ent = self.nodes.get(ancestor)
             if ent is not None and ent.owner is None:
                 del self.nodes[ancestor]
+
+
+_NOTHING: dict = {}
+
+
+def _split(name: bytes, count: int, middle: bytes) -> list | None:
+    """The first count labels of a wire name as text, then what follows middle (None: no match)."""
+    parts: list = []
+    pos = 0
+    for _ in range(count):
+        length = name[pos]
+        if not length:
+            return None
+        parts.append(name[pos + 1 : pos + 1 + length].decode("latin-1"))
+        pos += length + 1
+    if name[pos : pos + len(middle)] != middle:
+        return None
+    parts.append(name[pos + len(middle) :])
+    return parts
 
 
 def _record_count(data: NameData | None) -> int:

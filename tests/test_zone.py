@@ -10,7 +10,7 @@ from __future__ import annotations
 import dns.name
 import dns.rcode
 import pytest
-from conftest import Zone, rrsets_text
+from conftest import Zone, make_config, rrsets_text
 from k8s import cluster, endpoint, endpoint_slice, pod, service
 
 from dnsd.names import AddressPolicy
@@ -228,3 +228,47 @@ def test_pod_name_lookup_rejects_look_alikes(zone: Zone) -> None:
         "web-a.default.podx.gua.example.com.",
     ):
         assert zone.ask(asked, "AAAA").answer == [], asked
+
+
+def test_endpoint_names_are_rendered_at_query_time_and_follow_their_service() -> None:
+    config = make_config(("gua.example.com.", "other.example.net."))
+    zone = Zone(
+        cluster(
+            service("db"),
+            endpoint_slice(
+                "db-1", "db", endpoint("2001:db8:5::1", hostname="db-0"), endpoint("fd00::1", hostname="db-1")
+            ),
+        ),
+        config,
+    )
+    assert not any(name.startswith(b"\x04db-0") for name in zone.index.nodes)
+    for apex in ("gua.example.com.", "other.example.net."):
+        assert rrsets_text(zone.ask(f"db-0.db.default.svc.{apex}", "AAAA").answer) == {
+            f"db-0.db.default.svc.{apex} 5 IN AAAA 2001:db8:5::1"
+        }
+        no_address = zone.ask(f"DB-1.db.default.svc.{apex}", "AAAA")  # a ULA only: the name exists, empty
+        assert (no_address.rcode(), no_address.answer) == (dns.rcode.NOERROR, [])
+        assert zone.ask(f"db-2.db.default.svc.{apex}", "AAAA").rcode() == dns.rcode.NXDOMAIN
+    apply(
+        zone,
+        Upsert(endpoint_slice_from(endpoint_slice("db-1", "db", endpoint("2001:db8:5::2", hostname="db-0")), POLICY)),
+    )
+    assert rrsets_text(zone.ask("db-0.db.default.svc.gua.example.com.", "AAAA").answer) == {
+        "db-0.db.default.svc.gua.example.com. 5 IN AAAA 2001:db8:5::2"
+    }
+    assert zone.ask("db-1.db.default.svc.gua.example.com.", "AAAA").rcode() == dns.rcode.NXDOMAIN
+    assert zone.index.record_count == _served_records(zone)
+    apply(zone, Delete("Service", "default", "db"))
+    assert zone.ask("db-0.db.default.svc.gua.example.com.", "AAAA").rcode() == dns.rcode.NXDOMAIN
+    assert zone.index.record_count == _served_records(zone) == 4  # SOA and NS of each zone
+
+
+def _served_records(zone: Zone) -> int:
+    return sum(len(list(zone.index.zone_snapshot(apex, 0)[1])) for apex in zone.index.zones)
+
+
+def test_endpoint_names_of_a_service_outside_canonical_case_are_still_answered() -> None:
+    zone = Zone(cluster(service("Web"), endpoint_slice("web-1", "Web", endpoint("2001:db8:6::1", hostname="a"))))
+    assert rrsets_text(zone.ask("a.web.default.svc.gua.example.com.", "AAAA").answer) == {
+        "a.web.default.svc.gua.example.com. 5 IN AAAA 2001:db8:6::1"
+    }
