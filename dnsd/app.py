@@ -22,12 +22,14 @@ from prometheus_client import Histogram
 from dnsd import wire
 from dnsd.config import Config, Listen
 from dnsd.names import AddressPolicy
+from dnsd.notify import Notifier
 from dnsd.ops import Ops
 from dnsd.records import Delete, Event, Kind, Record, Resync, Synced, Upsert
 from dnsd.sources.file import FileSource
 from dnsd.sources.kubernetes import Credentials, KubernetesSource
 from dnsd.stats import QueryStats
 from dnsd.store import Changes, Store
+from dnsd.transfer import Transfers, load_keys
 from dnsd.transports import tcp, udp
 from dnsd.zone import Index
 
@@ -39,6 +41,8 @@ UPDATE_SLICE = 0.005
 """Longest stretch of index updates before the loop gets to answer queries again."""
 SERIAL_STEP = 1.0
 """The serial advances at most once per second, so bursts of changes cost one SOA rebuild."""
+JOURNAL_STEPS = 100
+"""Serial steps of differences a transfer primary keeps for IXFR (100 s of changes at least)."""
 
 
 PROGRAMMING_BUCKETS = tuple(0.001 * 2**i for i in range(20))
@@ -93,7 +97,16 @@ class Server:
         self.config = config
         self.policy = AddressPolicy(config.publish_prefixes)
         self.store = Store(config.namespaces)
-        self.index = Index(config, now=time.time())
+        self.index = Index(config, now=time.time(), journal=JOURNAL_STEPS if config.transfer_to else 0)
+        self.transfers: Transfers | None = None
+        self.notifier: Notifier | None = None
+        if config.transfer_to:  # a transfer primary: transfers, a journal for IXFR, NOTIFY
+            keys = load_keys(config.tsig_key) if config.tsig_key else {}
+            self.transfers = Transfers(self.index, config.transfer_to, keys)
+            self.notifier = Notifier(
+                config.zones, config.notify, interval=config.notify_interval, key=next(iter(keys.values()), None)
+            )
+            self.index.on_serial = self.notifier.serial_changed
         self.udp: list[udp.UdpListener] = []
         self.tcp: list[tcp.TcpListener] = []
         self.source: Source | None = None
@@ -127,7 +140,12 @@ class Server:
                 else:
                     raise OSError(exc.errno, f"cannot listen on {entry}: {exc.strerror}") from None
             self.udp.append(
-                udp.UdpListener(udp_sock, functools.partial(wire.respond_safely, index=self.index), self.udp_stats)
+                udp.UdpListener(
+                    udp_sock,
+                    functools.partial(wire.respond_safely, index=self.index),
+                    self.udp_stats,
+                    transfer=self.transfers,
+                )
             )
             self.tcp.append(
                 tcp.TcpListener(
@@ -136,6 +154,7 @@ class Server:
                     idle_timeout=self.config.tcp_idle_timeout,
                     max_connections=self.config.tcp_max_connections,
                     stats=self.tcp_stats,
+                    transfer=self.transfers,
                 )
             )
         for listener in self.udp:
@@ -226,6 +245,8 @@ class Server:
         await asyncio.gather(*(listener.close() for listener in self.tcp))
         if self._serial_timer is not None:
             self._serial_timer.cancel()
+        if self.notifier is not None:
+            await self.notifier.close()
 
 
 def _open_pair(entry: Listen) -> tuple[socket.socket, socket.socket]:

@@ -31,6 +31,7 @@ from dnsd.config import (
     parse_nameserver,
     parse_prefix,
     parse_soa_timers,
+    parse_transfer_to,
     parse_zone,
     validate,
 )
@@ -140,6 +141,22 @@ FLAGS: tuple[Flag, ...] = (
         default="5",
     ),
     Flag(("--tcp-idle-timeout",), "seconds an idle TCP connection stays open", "SECONDS", default="30"),
+    # zone transfers (a single transfer primary; see "Zone transfers" in the README)
+    Flag(
+        ("--transfer-to",),
+        "allow AXFR/IXFR from these clients (repeatable); makes this instance a transfer primary "
+        "that keeps an IXFR journal and sends NOTIFY",
+        "CIDR",
+        repeatable=True,
+    ),
+    Flag(
+        ("--tsig-key",),
+        "transfers must be TSIG-signed with a key from this file (BIND key blocks or NAME:ALGORITHM:SECRET "
+        "lines); NOTIFY is signed with the first",
+        "FILE",
+    ),
+    Flag(("--notify",), "secondary to send NOTIFY to when the serial moves (repeatable)", "HOST:PORT", repeatable=True),
+    Flag(("--notify-interval",), "at most one NOTIFY per this many seconds", "SECONDS", default="1"),
     Flag(("--log-level",), "debug, info, warning or error", "LEVEL", default="info"),
     Flag(("--log-format",), "text or json (one object per line)", "FORMAT", default="text"),
     Flag(("--check",), "validate the configuration and the file, then exit 0 (valid) or 1", switch=True),
@@ -246,8 +263,19 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dic
         context=values["context"] or None,
         label_selector=values["label_selector"] or None,
         watch_stall_timeout=float(parse_int(values["watch_stall_timeout"], flag="--watch-stall-timeout", low=1)),
+        transfer_to=tuple(parse_transfer_to(p) for p in values["transfer_to"]),
+        tsig_key=values["tsig_key"] or None,
+        notify=tuple(parse_listen(n, "--notify") for n in values["notify"]),
+        notify_interval=parse_float(values["notify_interval"], flag="--notify-interval", low=0.0, high=3600.0),
     )
     validate(config)
+    if config.tsig_key is not None:
+        from dnsd.transfer import KeyFileError, load_keys
+
+        try:
+            load_keys(config.tsig_key)
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from None
     if config.from_file is not None and (config.kubeconfig or config.context or config.label_selector):
         raise ConfigError("--from-file serves a file; --kubeconfig, --context and --label-selector are for a cluster")
     return config, values

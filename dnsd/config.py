@@ -85,6 +85,14 @@ class Config:
     """Only Services matching this label selector are published (filtered by the API server)."""
     reload_interval: float = 1.0
     """How often the file source looks for a changed file, in seconds."""
+    transfer_to: tuple[IPNetwork, ...] = ()
+    """Clients allowed AXFR/IXFR; empty: no transfers, no journal, no NOTIFY."""
+    tsig_key: str | None = None
+    """File of TSIG keys transfers must be signed with (and NOTIFY is signed with, the first key)."""
+    notify: tuple[Listen, ...] = ()
+    """Secondaries told by NOTIFY when the serial moves."""
+    notify_interval: float = 1.0
+    """At most one NOTIFY per this many seconds: a burst of changes costs one."""
 
     @property
     def forward_zones(self) -> tuple[dns.name.Name, ...]:
@@ -197,6 +205,13 @@ def parse_soa_timers(text: str) -> SoaTimers:
     return SoaTimers(*values)
 
 
+def parse_transfer_to(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"--transfer-to: {text!r} is not a CIDR prefix ({exc})") from None
+
+
 def merge_nameservers(servers: list[NameServer]) -> tuple[NameServer, ...]:
     """Repeated `--ns NAME=ADDR` for one name add addresses to that one target."""
     merged: dict[dns.name.Name, list[IPAddress]] = {}
@@ -224,3 +239,6 @@ def validate(config: Config) -> None:
         raise ConfigError("--http: the ops endpoint cannot share a DNS --listen address")
     if len(set(listens)) != len(listens):
         raise ConfigError("--listen: an address is given twice")
+    if not config.transfer_to and (config.notify or config.tsig_key):
+        flag = "--notify" if config.notify else "--tsig-key"
+        raise ConfigError(f"{flag}: only a transfer primary (--transfer-to) sends NOTIFY or uses TSIG keys")

@@ -15,9 +15,13 @@ import logging
 import socket
 from collections.abc import Callable
 from time import perf_counter_ns
+from typing import TYPE_CHECKING
 
 from dnsd.config import Listen
 from dnsd.stats import QueryStats
+
+if TYPE_CHECKING:
+    from dnsd.transfer import Transfers
 
 log = logging.getLogger("dnsd.tcp")
 
@@ -52,8 +56,11 @@ class TcpListener:
         idle_timeout: float,
         max_connections: int,
         stats: QueryStats | None = None,
+        transfer: Transfers | None = None,
     ) -> None:
         self.sock = sock
+        self.transfer = transfer
+        """Zone transfers (a transfer primary only): its queries may take many messages."""
         self.respond = respond
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -121,6 +128,9 @@ class TcpListener:
                 return
             async with asyncio.timeout(self.idle_timeout):
                 query = await reader.readexactly(length)
+            if self.transfer is not None and self.transfer.claims(query):
+                await self.transfer.serve(query, peer[0], writer)
+                continue
             started = perf_counter_ns()
             reply = self.respond(query)
             self.stats.record(ipv6, query, reply, perf_counter_ns() - started)

@@ -20,9 +20,13 @@ import socket
 import struct
 from collections.abc import Callable
 from time import perf_counter_ns
+from typing import TYPE_CHECKING
 
 from dnsd.config import Listen
 from dnsd.stats import QueryStats
+
+if TYPE_CHECKING:
+    from dnsd.transfer import Transfers
 
 log = logging.getLogger("dnsd.udp")
 
@@ -75,9 +79,17 @@ def _reply_ancillary(ancillary: list[tuple[int, int, bytes]]) -> list[tuple[int,
 
 
 class UdpListener:
-    def __init__(self, sock: socket.socket, respond: Responder, stats: QueryStats | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        respond: Responder,
+        stats: QueryStats | None = None,
+        transfer: Transfers | None = None,
+    ) -> None:
         self.sock = sock
         self.respond = respond
+        self.transfer = transfer
+        """Zone transfers (a transfer primary only): IXFR over UDP and TSIG-signed queries."""
         self.pktinfo = is_wildcard(sock.getsockname()[0])
         self.received = 0
         self.dropped_replies = 0
@@ -99,7 +111,7 @@ class UdpListener:
         self.sock.close()
 
     def _readable(self) -> None:
-        sock, respond, record = self.sock, self.respond, self.stats.record
+        sock, respond, record, transfer = self.sock, self.respond, self.stats.record, self.transfer
         v6 = sock.family == socket.AF_INET6
         for _ in range(BURST):
             try:
@@ -120,7 +132,8 @@ class UdpListener:
             if peer[1] == 0:  # nobody can receive a reply on port 0; it is a reflection attempt
                 continue
             started = perf_counter_ns()
-            reply = respond(data)
+            claimed = transfer is not None and transfer.claims(data)
+            reply = transfer.respond(data, peer[0]) if claimed else respond(data)  # type: ignore[union-attr]
             record(v6 and not peer[0].startswith("::ffff:"), data, reply, perf_counter_ns() - started)
             if reply is None:
                 continue
