@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import datetime
 import errno
 import functools
@@ -57,6 +58,13 @@ def _changed_at(event: Upsert | Delete) -> float:
         with contextlib.suppress(ValueError):
             return datetime.datetime.fromisoformat(trigger.replace("Z", "+00:00")).timestamp()
     return event.received
+
+
+def _return_free_memory() -> None:
+    """Hand the heap pages freed after a large list back to the OS (glibc keeps them otherwise,
+    and a sync's transient JSON would stay in the resident size for good)."""
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc, nothing to do
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 class Collector:
@@ -122,6 +130,8 @@ class Server:
         self._serial_timer: asyncio.TimerHandle | None = None
         self._last_serial_step = 0.0
         self._slice_end = 0.0
+        self._unsynced = Changes()
+        """Owners touched before the first complete sync, rendered once when it completes."""
         self._stopping = asyncio.Event()
         self.stopping_again = asyncio.Event()
 
@@ -180,6 +190,10 @@ class Server:
             if isinstance(event, Upsert | Delete) and event.received:
                 self.programming.observe(max(0.0, time.time() - _changed_at(event)))
         if isinstance(event, Synced) and not self.index.synced:
+            unsynced, self._unsynced = self._unsynced, Changes()
+            await self._update(unsynced)
+            gc.freeze()
+            _return_free_memory()
             self.index.synced = True
             self.index.generation += 1
             log.info("synced: %d names in %d zones", len(self.index), len(self.config.zones))
@@ -187,6 +201,11 @@ class Server:
 
     async def _update(self, changes: Changes) -> None:
         """Rebuild the touched owners, letting the loop answer queries every UPDATE_SLICE."""
+        if not self.store.synced:
+            # Zone data is SERVFAIL until every kind is listed: render each owner once then,
+            # not once per kind that mentions it (a Service would be rendered three times).
+            self._unsynced.update(changes)
+            return
         for key in sorted(changes.services):
             self.index.update_service(key, self.store)
             await self._breathe()

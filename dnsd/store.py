@@ -7,8 +7,9 @@ event that repeats what is known touches nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from dnsd.records import (
     Delete,
@@ -24,6 +25,50 @@ from dnsd.records import (
 )
 
 Key = tuple[str, str]
+R = TypeVar("R", Service, EndpointSlice, Pod)
+
+
+class Table(MutableMapping[Key, R], Generic[R]):
+    """Records by (namespace, name), held as namespace -> name -> record.
+
+    A flat dict would hold a key tuple per record, as large as a small record (56 bytes, for
+    100,000 pods 5.6 MB); the nested form holds only the record's own strings."""
+
+    __slots__ = ("_by_namespace", "_size")
+
+    def __init__(self) -> None:
+        self._by_namespace: dict[str, dict[str, R]] = {}
+        self._size = 0
+
+    def get(self, key: Key, default: R | None = None) -> R | None:  # type: ignore[override]
+        names = self._by_namespace.get(key[0])
+        return names.get(key[1], default) if names is not None else default
+
+    def __getitem__(self, key: Key) -> R:
+        return self._by_namespace[key[0]][key[1]]
+
+    def __setitem__(self, key: Key, record: R) -> None:
+        names = self._by_namespace.setdefault(record.namespace, {})
+        self._size += record.name not in names
+        names[record.name] = record  # the record's own strings as keys, not the caller's
+
+    def __delitem__(self, key: Key) -> None:
+        names = self._by_namespace[key[0]]
+        del names[key[1]]
+        self._size -= 1
+        if not names:
+            del self._by_namespace[key[0]]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and self.get(key) is not None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Key]:
+        for namespace, names in self._by_namespace.items():
+            for name in names:
+                yield (namespace, name)
+
+    def __len__(self) -> int:
+        return self._size
 
 
 @dataclass(slots=True)
@@ -42,9 +87,9 @@ class Changes:
 class Store:
     def __init__(self, namespaces: Iterable[str] = ()) -> None:
         self.namespaces = frozenset(namespaces)
-        self.services: dict[Key, Service] = {}
-        self.slices: dict[Key, EndpointSlice] = {}
-        self.pods: dict[Key, Pod] = {}
+        self.services: Table[Service] = Table()
+        self.slices: Table[EndpointSlice] = Table()
+        self.pods: Table[Pod] = Table()
         self.synced = False
         self._slices_by_service: dict[Key, set[Key]] = {}
         self._services_by_pod: dict[str, dict[str, Key | tuple[Key, ...]]] = {}
@@ -76,8 +121,8 @@ class Store:
             return Changes()
         raise TypeError(f"not an event: {event!r}")
 
-    def _table(self, kind: Kind) -> dict[Key, Record]:
-        tables: dict[str, dict] = {"Service": self.services, "EndpointSlice": self.slices, "Pod": self.pods}
+    def _table(self, kind: Kind) -> Table:
+        tables: dict[str, Table] = {"Service": self.services, "EndpointSlice": self.slices, "Pod": self.pods}
         return tables[kind]
 
     def _wanted(self, namespace: str) -> bool:

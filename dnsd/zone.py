@@ -69,9 +69,9 @@ Delta = tuple[int, int, tuple[RR, ...], tuple[RR, ...]]
 class Answer:
     """One RRset ready to send, as compact as Python allows (a cluster has one per name).
 
-    Records of one fixed size (A, AAAA: the common case) are one bytes object, twice over
-    when there are several, so any rotation is a single slice; other types keep a tuple of
-    records, also twice over."""
+    Records of one fixed size (A, AAAA: the common case) are one bytes object; other types keep
+    a tuple of records. A rotation that wraps around costs one concatenation when sent, which
+    is cheaper than keeping every multi-record answer twice."""
 
     __slots__ = ("additional", "additional_count", "count", "records", "size", "window")
 
@@ -83,26 +83,29 @@ class Answer:
         self.additional_count = additional_count
         sizes = {len(r) for r in records}
         self.size = sizes.pop() if len(sizes) == 1 else 0
-        if self.size:
-            joined = b"".join(records)
-            self.records: bytes | tuple[bytes, ...] = joined + joined if self.count > 1 else joined
-        else:
-            self.records = tuple(records) * 2
+        self.records: bytes | tuple[bytes, ...] = b"".join(records) if self.size else tuple(records)
 
     def section(self, start: int) -> bytes:
-        """`window` records beginning with the start-th."""
+        """`window` records beginning with the start-th, wrapping around."""
+        records = self.records
         if self.count == 1:
-            return self.records if self.size else self.records[0]  # type: ignore[return-value]
+            return records if self.size else records[0]  # type: ignore[return-value]
         if self.size:
-            return self.records[start * self.size : (start + self.window) * self.size]  # type: ignore[return-value]
-        return b"".join(self.records[start : start + self.window])
+            cut, end = start * self.size, (start + self.window) * self.size
+            if end <= len(records):
+                return records[cut:end]  # type: ignore[return-value]
+            return records[cut:] + records[: end - len(records)]  # type: ignore[operator]
+        picked = records[start : start + self.window]
+        if len(picked) < self.window:
+            picked += records[: self.window - len(picked)]  # type: ignore[operator]
+        return b"".join(picked)  # type: ignore[arg-type]
 
     def each_record(self) -> Iterator[bytes]:
         """Every record once, in wire form (owner pointer, type, class, TTL, length, RDATA)."""
         if not self.size:
-            yield from self.records[: self.count]
+            yield from self.records  # type: ignore[misc]
             return
-        for start in range(0, self.count * self.size, self.size):
+        for start in range(0, len(self.records), self.size):
             yield self.records[start : start + self.size]  # type: ignore[misc]
 
     def __eq__(self, other: object) -> bool:
