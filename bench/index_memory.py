@@ -58,7 +58,7 @@ def main() -> None:
     store, index = Store(), Index(make_config(("gua.example.com.",)), now=time.time())
     for kind, items in (("Service", services), ("EndpointSlice", slices), ("Pod", pods)):
         index.update(store.apply(Resync(kind, tuple(items))), store)
-    del services, slices, pods
+    del services, slices, pods, items
     gc.collect()
     total = tracemalloc.get_traced_memory()[0]
     print(f"{objects:,} objects, {len(index.nodes):,} names")

@@ -272,3 +272,19 @@ def test_endpoint_names_of_a_service_outside_canonical_case_are_still_answered()
     assert rrsets_text(zone.ask("a.web.default.svc.gua.example.com.", "AAAA").answer) == {
         "a.web.default.svc.gua.example.com. 5 IN AAAA 2001:db8:6::1"
     }
+
+
+@pytest.mark.parametrize("pods_first", [True, False])
+def test_pod_and_its_endpoint_share_one_address_tuple(pods_first: bool) -> None:
+    """Memory: the store keeps one tuple for a pod's addresses and its endpoint's, whichever
+    record arrived first; values and answers are unchanged."""
+    from dnsd.store import Store
+
+    store = Store()
+    the_pod = pod_from(pod("web-a", "2001:db8:1::a"), POLICY)
+    piece = endpoint_slice_from(endpoint_slice("web-1", "web", endpoint("2001:db8:1::a", pod="web-a")), POLICY)
+    for record in (the_pod, piece) if pods_first else (piece, the_pod):
+        store.apply(Upsert(record))
+    stored_pod, stored_piece = store.pods[("default", "web-a")], store.slices[("default", "web-1")]
+    assert (stored_pod, stored_piece) == (the_pod, piece)
+    assert stored_pod.addresses is stored_piece.endpoints[0].addresses
