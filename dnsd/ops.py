@@ -60,6 +60,8 @@ class ServerCollector(Collector):
         yield skipped
         yield from self._queries((server.udp_stats, server.tcp_stats))
         yield from self._kubernetes()
+        if server.transfers is not None:
+            yield from server.transfers.metrics(server.notifier.results if server.notifier else None)
 
     def _queries(self, all_stats: tuple[QueryStats, ...]) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily("dnsd_dns_requests", "DNS queries received", labels=["proto", "family", "type"])

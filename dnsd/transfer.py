@@ -33,6 +33,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TSIG
 import dns.tsig
+from prometheus_client.core import CounterMetricFamily
 
 from dnsd import wire
 from dnsd.config import IPNetwork
@@ -333,6 +334,23 @@ class Transfers:
             decided.kind.upper(), decided.zone, host, decided.result, decided.serial, messages, sent,
             time.monotonic() - started,
         )  # fmt: skip
+
+    def metrics(self, notify_results: Counter[str] | None = None) -> Iterator[CounterMetricFamily]:
+        """Transfer and NOTIFY counters for /metrics (read at scrape time)."""
+        requests = CounterMetricFamily(
+            "dnsd_transfer_requests",
+            "Zone transfer requests (and TSIG-signed queries), by outcome",
+            labels=["type", "result"],
+        )
+        for (kind, result), count in sorted(self.stats.requests.items()):
+            requests.add_metric([kind, result], count)
+        yield requests
+        yield CounterMetricFamily("dnsd_transfer_messages", "Zone transfer messages sent", value=self.stats.messages)
+        yield CounterMetricFamily("dnsd_transfer_bytes", "Zone transfer bytes sent", value=self.stats.bytes)
+        notifies = CounterMetricFamily("dnsd_notify_messages", "NOTIFY messages sent, by outcome", labels=["result"])
+        for result in ("acknowledged", "error", "timeout"):
+            notifies.add_metric([result], (notify_results or Counter())[result])
+        yield notifies
 
     # -- deciding ------------------------------------------------------------------------------
 

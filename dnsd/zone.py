@@ -282,6 +282,8 @@ class Index:
         self._rendered: dict[bytes, Node] = {}
         """Recently asked names of the two tables, rendered; dropped when their owner changes."""
         self._forward = {z.to_wire(): self.zones[z.to_wire()] for z in config.forward_zones}
+        self._pod_suffixes = {b"\x03pod" + apex: zone for apex, zone in self._forward.items()}
+        self._svc_suffixes = {b"\x03svc" + apex: zone for apex, zone in self._forward.items()}
         self._set_owner(STATIC, static_contribution(config, self.serial), (-1, "", ""))
         self._refresh_soa()
         self.dirty = False
@@ -313,23 +315,29 @@ class Index:
         return node
 
     def rendered(self, name: bytes) -> Node | None:
-        """The node of a pod name or an endpoint name, rendered from its table (None: not one)."""
+        """The node of a pod name or an endpoint name, rendered from its table (None: not one).
+        Every NXDOMAIN query comes here: a name that ends otherwise costs two endswith."""
         node = self._rendered.get(name)
         if node is not None or not (self._named_pods or self._endpoint_names):
             return node
-        node = self._render_pod_name(name) or self._render_endpoint_name(name)
+        for suffix, zone in self._pod_suffixes.items():
+            if name.endswith(suffix):
+                labels = _labels(name, len(name) - len(suffix), 2)
+                node = self._render_pod_name(name, zone, *labels) if labels else None
+                break
+        else:
+            for suffix, zone in self._svc_suffixes.items():
+                if name.endswith(suffix):
+                    labels = _labels(name, len(name) - len(suffix), 3)
+                    node = self._render_endpoint_name(name, zone, *labels) if labels else None
+                    break
         if node is not None:
             if len(self._rendered) >= RENDERED_CACHE:
                 self._rendered.clear()
             self._rendered[name] = node
         return node
 
-    def _render_pod_name(self, name: bytes) -> Node | None:
-        parts = _split(name, 2, b"\x03pod")
-        zone = self._forward.get(parts[2]) if parts else None
-        if zone is None:
-            return None
-        pod_label, namespace, _apex = parts  # type: ignore[misc]
+    def _render_pod_name(self, name: bytes, zone: ZoneInfo, pod_label: str, namespace: str) -> Node | None:
         pod = self._named_pods.get(namespace, _NOTHING).get(pod_label)
         if pod is None:
             return None
@@ -337,12 +345,9 @@ class Index:
         data = pod_address_data(pod, self.config)
         return render(name, data, zone, self.config.max_answers, owner, _priority(owner, pod))
 
-    def _render_endpoint_name(self, name: bytes) -> Node | None:
-        parts = _split(name, 3, b"\x03svc")
-        zone = self._forward.get(parts[3]) if parts else None
-        if zone is None:
-            return None
-        endpoint_label, service, namespace, _apex = parts  # type: ignore[misc]
+    def _render_endpoint_name(
+        self, name: bytes, zone: ZoneInfo, endpoint_label: str, service: str, namespace: str
+    ) -> Node | None:
         table = self._endpoint_names.get(namespace, _NOTHING).get(service)
         data = table.data(endpoint_label) if table is not None else None
         if data is None:
@@ -653,20 +658,15 @@ class Index:
 _NOTHING: dict = {}
 
 
-def _split(name: bytes, count: int, middle: bytes) -> list | None:
-    """The first count labels of a wire name as text, then what follows middle (None: no match)."""
-    parts: list = []
-    pos = 0
-    for _ in range(count):
-        length = name[pos]
-        if not length:
-            return None
-        parts.append(name[pos + 1 : pos + 1 + length].decode("latin-1"))
-        pos += length + 1
-    if name[pos : pos + len(middle)] != middle:
+def _labels(name: bytes, end: int, count: int) -> list[str] | None:
+    """The labels of name[:end] as text when there are exactly count of them."""
+    starts, pos = [], 0
+    while pos < end and len(starts) < count:
+        starts.append(pos)
+        pos += name[pos] + 1
+    if pos != end or len(starts) != count:
         return None
-    parts.append(name[pos + len(middle) :])
-    return parts
+    return [name[start + 1 : start + 1 + name[start]].decode("latin-1") for start in starts]
 
 
 def _record_count(data: NameData | None) -> int:

@@ -606,3 +606,92 @@ def test_corefile_parser_rejects_broken_text() -> None:
     assert corefile_blocks("a:53 {\n forward . 10.0.0.1:53 {\n  expire 10s\n }\n}\n") == [
         (["a:53"], [("forward", [".", "10.0.0.1:53"], [("expire", ["10s"], None)])])
     ]
+
+
+# -- deploy/transfer: the optional transfer primary (a kustomize component) ------------------------
+
+TRANSFER = DEPLOY / "transfer"
+
+
+@pytest.fixture(scope="module")
+def transfer_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """deploy/ with the component, rendered from an overlay as the README shows (kustomize wants
+    relative paths, and an overlay outside deploy/)."""
+    overlay = tmp_path_factory.mktemp("overlay")
+    base = os.path.relpath(DEPLOY, overlay)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{base}]\ncomponents: [{base}/transfer]\n"
+    )
+    return render(overlay)
+
+
+def named(objects: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def primary_config(objects: list[Obj]):  # type: ignore[no-untyped-def]
+    """The transfer primary's configuration through dnsd's own parser, from its envFrom sources."""
+    spec = named(objects, "Deployment", "dnsd-transfer")["spec"]["template"]["spec"]["containers"][0]
+    configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in spec["envFrom"]:
+        assert source["configMapRef"]["name"] in configmaps, source
+        env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    assert set(env) <= {flag.env for flag in cli.FLAGS}, (
+        f"not dnsd flags: {sorted(set(env) - {f.env for f in cli.FLAGS})}"
+    )
+    config, _ = cli.load(spec.get("args", []), env)
+    return config, spec
+
+
+def test_transfer_component_adds_only_the_primary(objects: list[Obj], transfer_objects: list[Obj]) -> None:
+    def key(o: Obj) -> tuple[str, str]:
+        return (o["kind"], o["metadata"]["name"])
+
+    base = {key(o): o for o in objects}
+    added = {key(o): o for o in transfer_objects if key(o) not in base}
+    assert {(kind, name.rsplit("-", 1)[0] if kind == "ConfigMap" else name) for kind, name in added} == {
+        ("Deployment", "dnsd-transfer"),
+        ("Service", "dnsd-transfer"),
+        ("ConfigMap", "dnsd-transfer"),
+    }
+    assert all(o == base[key(o)] for o in transfer_objects if key(o) in base), "the component changed deploy/"
+    for obj in added.values():
+        assert obj["metadata"]["namespace"] == NAMESPACE
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dnsd"
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_transfer_objects_validate_strictly(transfer_objects: list[Obj], version: str) -> None:
+    for obj in transfer_objects:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_transfer_primary_is_one_restricted_pod(transfer_objects: list[Obj]) -> None:
+    deployment = named(transfer_objects, "Deployment", "dnsd-transfer")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "two primaries must never run at once"
+    assert pss_restricted_violations(deployment["spec"]["template"]) == []
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
+    assert selects(named(transfer_objects, "Service", "dnsd-transfer")["spec"]["selector"], labels)
+    # the query Service and the PodDisruptionBudget of deploy/ leave the primary alone
+    assert not selects(named(transfer_objects, "Service", "dnsd")["spec"]["selector"], labels)
+    assert not selects(one(transfer_objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_transfer_primary_serves_transfers_where_its_service_points(transfer_objects: list[Obj]) -> None:
+    config, spec = primary_config(transfer_objects)
+    base_config, _ = cli.load([], flags_env([o for o in transfer_objects if "transfer" not in o["metadata"]["name"]]))
+    assert config.transfer_to and config.notify, "the primary needs --transfer-to and --notify"
+    assert config.zones == base_config.zones
+    ports = {(p["name"], p["protocol"]): p["containerPort"] for p in spec["ports"]}
+    assert [listen.port for listen in config.listen] == [ports["dns", "UDP"]] == [ports["dns-tcp", "TCP"]]
+    service = named(transfer_objects, "Service", "dnsd-transfer")["spec"]
+    assert {(p["port"], p["protocol"], p["targetPort"]) for p in service["ports"]} == {
+        (53, "UDP", "dns"),
+        (53, "TCP", "dns-tcp"),
+    }

@@ -444,6 +444,19 @@ def test_axfr_acl_tsig_and_udp(tmp_path: Path, dnsd_process: type[DnsdProcess]) 
     query.use_tsig(keyring(KEY))
     reply = dns.query.udp(query, "127.0.0.1", port=dnsd.port, timeout=2)
     assert reply.rcode() == dns.rcode.REFUSED and reply.had_tsig  # signed, since the query was
+    metrics = scrape(dnsd)
+    assert 'dnsd_transfer_requests_total{result="full",type="axfr"} 1.0' in metrics
+    assert 'dnsd_transfer_requests_total{result="refused",type="axfr"} 3.0' in metrics
+    assert f"dnsd_transfer_messages_total {float(messages)}" in metrics
+
+
+def scrape(dnsd: DnsdProcess) -> str:
+    import urllib.request
+
+    port = re.search(r"ops endpoint on \[?[0-9a-fA-F.:]+?\]?:(\d+)", dnsd.wait_for("ops endpoint on"))
+    assert port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=5) as response:
+        return response.read().decode()
 
 
 def test_tsig_errors_carry_the_tsig_error_code(tmp_path: Path, dnsd_process: type[DnsdProcess]) -> None:
