@@ -39,6 +39,7 @@ from dnsd.rrsets import (
     Contribution,
     EndpointNames,
     NameData,
+    RRset,
     pod_address_data,
     pod_contribution,
     service_contribution,
@@ -59,6 +60,8 @@ Owner = tuple[str, str, str]
 Priority = tuple[int, str, str]
 STATIC: Owner = ("static", "", "")
 RENDERED_CACHE = 4096
+MAX_ADDRESS_RECORDS = 1000
+"""Address records that surely fit one message with any question (1000 x 28 bytes < 64 KiB)."""
 
 RR = tuple[bytes, int, int, bytes]
 """One resource record for zone transfers: (lower-case wire owner, type, TTL, uncompressed RDATA)."""
@@ -174,6 +177,10 @@ class Node:
                 return answer
         return next(iter(self.others.values())) if self.others else None
 
+    def answers(self) -> dict[int, Answer]:
+        found = {AAAA: self.aaaa, A: self.a, **(self.others or {})}
+        return {rdtype: answer for rdtype, answer in found.items() if answer is not None}
+
     def same_answers(self, other: Node) -> bool:
         return self.aaaa == other.aaaa and self.a == other.a and self.others == other.others
 
@@ -230,6 +237,32 @@ def render(
         )
         answers[rdtype] = Answer(records, window, additional, len(rrset.glue))
     return Node(zone, answers, owner, priority)
+
+
+ADDRESS_TYPES = ((AAAA, 16), (A, 4))
+
+
+def address_node(
+    name: bytes,
+    addresses: Iterable[bytes],
+    ttl: int,
+    zone: ZoneInfo,
+    max_answers: int | None,
+    owner: Owner,
+) -> Node:
+    """`render` for a name with address records only, without the RRset objects in between:
+    pod and endpoint names are rendered when asked, so this is on the query path."""
+    answers: dict[int, Answer] = {}
+    for rdtype, size in ADDRESS_TYPES:
+        chosen = sorted({a for a in addresses if len(a) == size})
+        if len(chosen) > MAX_ADDRESS_RECORDS:  # the 64 KiB message limit applies: render works it out
+            data = {rdtype: RRset(rdtype, ttl, tuple(chosen))}
+            answers.update(render(name, data, zone, max_answers).answers())
+        elif chosen:
+            head = b"\xc0\x0c" + RR_FIXED.pack(rdtype, CLASS_IN, ttl, size)
+            window = len(chosen) if max_answers is None else min(len(chosen), max_answers)
+            answers[rdtype] = Answer([head + a for a in chosen], window)
+    return Node(zone, answers, owner)
 
 
 def _priority(owner: Owner, record: Service | Pod | None) -> Priority:
@@ -342,17 +375,16 @@ class Index:
         if pod is None:
             return None
         owner = ("pod", pod.namespace, pod.name)
-        data = pod_address_data(pod, self.config)
-        return render(name, data, zone, self.config.max_answers, owner, _priority(owner, pod))
+        return address_node(name, pod.addresses, self.config.ttl, zone, self.config.max_answers, owner)
 
     def _render_endpoint_name(
         self, name: bytes, zone: ZoneInfo, endpoint_label: str, service: str, namespace: str
     ) -> Node | None:
         table = self._endpoint_names.get(namespace, _NOTHING).get(service)
-        data = table.data(endpoint_label) if table is not None else None
-        if data is None:
+        if table is None or endpoint_label not in table.addresses:
             return None
-        return render(name, data, zone, self.config.max_answers, ("svc", namespace, service))
+        owner = ("svc", namespace, service)
+        return address_node(name, table.addresses[endpoint_label], table.ttl, zone, self.config.max_answers, owner)
 
     # -- updates ---------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ import dns.name
 import dns.rcode
 import pytest
 from conftest import Zone, make_config, rrsets_text
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from k8s import cluster, endpoint, endpoint_slice, pod, service
 
 from dnsd.names import AddressPolicy
@@ -288,3 +290,22 @@ def test_pod_and_its_endpoint_share_one_address_tuple(pods_first: bool) -> None:
     stored_pod, stored_piece = store.pods[("default", "web-a")], store.slices[("default", "web-1")]
     assert (stored_pod, stored_piece) == (the_pod, piece)
     assert stored_pod.addresses is stored_piece.endpoints[0].addresses
+
+
+@given(
+    addresses=st.lists(
+        st.one_of(st.binary(min_size=16, max_size=16), st.binary(min_size=4, max_size=4)), max_size=1200
+    ),
+    ttl=st.integers(0, 2**31 - 1),
+    max_answers=st.one_of(st.none(), st.integers(1, 20)),
+)
+@settings(max_examples=60, deadline=None)
+def test_address_node_renders_as_render_does(addresses: list[bytes], ttl: int, max_answers: int | None) -> None:
+    """Pod and endpoint names take a shortcut past the RRset objects; it must not show."""
+    from dnsd.rrsets import _address_rrsets
+    from dnsd.zone import ZoneInfo, address_node, render
+
+    name = b"\x05web-a\x07default\x03pod\x03gua\x07example\x03com\x00"
+    zone = ZoneInfo(dns.name.from_text("gua.example.com."))
+    expected = render(name, _address_rrsets(addresses, ttl), zone, max_answers)
+    assert address_node(name, addresses, ttl, zone, max_answers, ("pod", "default", "web-a")).same_answers(expected)
