@@ -26,6 +26,7 @@ from dnsd.names import AddressPolicy
 from dnsd.notify import Notifier
 from dnsd.ops import Ops
 from dnsd.records import Delete, Event, Kind, Record, Resync, Synced, Upsert
+from dnsd.rrl import ResponseRateLimiter
 from dnsd.sources.file import FileSource
 from dnsd.sources.kubernetes import Credentials, KubernetesSource
 from dnsd.stats import QueryStats
@@ -119,6 +120,7 @@ class Server:
         self.tcp: list[tcp.TcpListener] = []
         self.source: Source | None = None
         self.udp_stats, self.tcp_stats = QueryStats("udp"), QueryStats("tcp")
+        self.rrl = ResponseRateLimiter(config.rrl, config.rrl_slip) if config.rrl else None
         self.programming = Histogram(
             "dnsd_programming_duration_seconds",
             "Time from a Kubernetes change (the EndpointSlice trigger time, else the event's arrival) "
@@ -155,6 +157,7 @@ class Server:
                     functools.partial(wire.respond_safely, index=self.index),
                     self.udp_stats,
                     transfer=self.transfers,
+                    rrl=self.rrl,
                 )
             )
             self.tcp.append(

@@ -141,6 +141,25 @@ FLAGS: tuple[Flag, ...] = (
         default="5",
     ),
     Flag(("--tcp-idle-timeout",), "seconds an idle TCP connection stays open", "SECONDS", default="30"),
+    Flag(
+        ("--tcp-max-connections",),
+        "open TCP connections at most; beyond it the longest-idle one is closed for the new one",
+        "N",
+        default="1000",
+    ),
+    Flag(
+        ("--rrl",),
+        "response rate limiting: UDP responses per second per source /24 or /56 and response "
+        "(0 = off; see Reliability in the README)",
+        "RESPONSES_PER_SECOND",
+        default="0",
+    ),
+    Flag(
+        ("--rrl-slip",),
+        "every Nth rate-limited response is sent as TC=1, the others dropped (0 = none)",
+        "N",
+        default="2",
+    ),
     # zone transfers (a single transfer primary; see "Zone transfers" in the README)
     Flag(
         ("--transfer-to",),
@@ -257,6 +276,9 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dic
         log_level=values["log_level"].lower(),
         log_format=values["log_format"],
         tcp_idle_timeout=float(parse_int(values["tcp_idle_timeout"], flag="--tcp-idle-timeout", low=1)),
+        tcp_max_connections=parse_int(values["tcp_max_connections"], flag="--tcp-max-connections", low=1),
+        rrl=parse_int(values["rrl"], flag="--rrl", low=0),
+        rrl_slip=parse_int(values["rrl_slip"], flag="--rrl-slip", low=0, high=100),
         lameduck=parse_float(values["lameduck"], flag="--lameduck"),
         http=None if values["http"].strip().lower() in ("off", "") else parse_listen(values["http"], "--http"),
         kubeconfig=values["kubeconfig"] or None,

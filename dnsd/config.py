@@ -73,7 +73,12 @@ class Config:
     """Seconds to keep answering after SIGTERM while /readyz reports 503."""
     tcp_idle_timeout: float = 30.0
     """Seconds a TCP connection may stay idle; CoreDNS keeps its pooled connections 10 s."""
-    tcp_max_connections: int = 1024
+    tcp_max_connections: int = 1000
+    """Open TCP connections at most; beyond it the longest-idle connection is closed for a new one."""
+    rrl: int = 0
+    """Response rate limit: UDP responses per second per source network and response; 0 is off."""
+    rrl_slip: int = 2
+    """Every Nth rate-limited response is sent as an empty TC=1 reply (0: none, 1: all)."""
     http: Listen | None = Listen("::", 8080)
     """Address of /healthz, /readyz and /metrics; None switches them off."""
     kubeconfig: str | None = None

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from dnsd import rrsets
 from dnsd.config import Listen
-from dnsd.stats import QueryStats, duration_histogram, size_histogram
+from dnsd.stats import COUNTED_TYPES, QueryStats, duration_histogram, size_histogram
 
 if TYPE_CHECKING:
     from dnsd.app import Server
@@ -59,9 +59,36 @@ class ServerCollector(Collector):
             skipped.add_metric([reason], count)
         yield skipped
         yield from self._queries((server.udp_stats, server.tcp_stats))
+        yield from self._protection()
         yield from self._kubernetes()
         if server.transfers is not None:
             yield from server.transfers.metrics(server.notifier.results if server.notifier else None)
+
+    def _protection(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Response rate limiting and the TCP connection cap (no labels: nothing an attacker can grow)."""
+        server = self.server
+        rrl = server.rrl
+        yield CounterMetricFamily(
+            "dnsd_rrl_dropped_total", "UDP responses dropped by response rate limiting", value=rrl.dropped if rrl else 0
+        )
+        yield CounterMetricFamily(
+            "dnsd_rrl_truncated_total",
+            "UDP responses sent as TC=1 (slip) by response rate limiting",
+            value=rrl.truncated if rrl else 0,
+        )
+        yield GaugeMetricFamily(
+            "dnsd_tcp_connections", "Open TCP connections", value=sum(listener.connections for listener in server.tcp)
+        )
+        yield CounterMetricFamily(
+            "dnsd_tcp_connections_evicted_total",
+            "Idle TCP connections closed at --tcp-max-connections to make room for a new one",
+            value=sum(listener.evicted for listener in server.tcp),
+        )
+        yield CounterMetricFamily(
+            "dnsd_tcp_connections_rejected_total",
+            "TCP connections closed at once at --tcp-max-connections, every connection being busy",
+            value=sum(listener.rejected for listener in server.tcp),
+        )
 
     def _queries(self, all_stats: tuple[QueryStats, ...]) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily("dnsd_dns_requests", "DNS queries received", labels=["proto", "family", "type"])
@@ -119,10 +146,7 @@ def _type_name(qtype: bytes) -> str:
         return "other"
     value = int.from_bytes(qtype, "big")
     # a bounded label set: well-known types by name, the rest as "other"
-    return dns.rdatatype.to_text(value) if value in _KNOWN_TYPES else "other"
-
-
-_KNOWN_TYPES = frozenset({1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 41, 43, 46, 48, 52, 64, 65, 99, 251, 252, 255, 257})
+    return dns.rdatatype.to_text(value) if value in COUNTED_TYPES else "other"
 
 
 class Ops:

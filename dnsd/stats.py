@@ -18,6 +18,12 @@ DURATION_BOUNDS = tuple(0.00025 * 2**i for i in range(16))
 SIZE_BOUNDS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16000, 32000, 48000, 64000)
 _SLOT_NS = 250_000
 
+COUNTED_TYPES = frozenset({1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 41, 43, 46, 48, 52, 64, 65, 99, 251, 252, 255, 257})
+"""Query types counted by name; any other (a client picks it freely) is counted as one `other`,
+so the label values of dnsd_dns_requests form a fixed set whatever is sent."""
+_COUNTED_WIRE = frozenset(qtype.to_bytes(2, "big") for qtype in COUNTED_TYPES)
+OTHER = b"other"
+
 
 def _zeros(n: int) -> array:
     return array("Q", bytes(8 * n))
@@ -40,7 +46,7 @@ class QueryStats:
     def __init__(self, proto: str) -> None:
         self.proto = proto
         self.requests: tuple[dict[bytes, int], dict[bytes, int]] = ({}, {})
-        """Per address family (IPv4, IPv6): query type as sent (2 bytes) -> count."""
+        """Per address family (IPv4, IPv6): query type as sent (2 bytes, COUNTED_TYPES) or OTHER -> count."""
         self.rcodes = _zeros(16)
         self.dropped = 0
         self.durations = _zeros(17)
@@ -52,7 +58,9 @@ class QueryStats:
     def record(self, ipv6: bool, query: bytes, reply: bytes | None, nanoseconds: int) -> None:
         end = query.find(b"\x00", 12)
         counts = self.requests[ipv6]
-        qtype = query[end + 1 : end + 3] if end > 0 else b""
+        qtype = query[end + 1 : end + 3] if end > 0 else OTHER
+        if qtype not in _COUNTED_WIRE:
+            qtype = OTHER
         counts[qtype] = counts.get(qtype, 0) + 1
         slot = ((nanoseconds - 1) // _SLOT_NS).bit_length() if nanoseconds > 0 else 0
         self.durations[slot if slot < 16 else 16] += 1

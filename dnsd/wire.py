@@ -196,6 +196,8 @@ def _careful(query: bytes, index: Index, tcp: bool) -> bytes | None:
         return None
     if query[2] & 0x78:  # any opcode but QUERY, whatever follows the header
         return _header(query[:2], QR | (query[2] & 0x78), NOTIMP, qd=0)
+    if not _frames_exactly(query):
+        return _formerr(query)
     try:
         message = dns.message.from_wire(query, ignore_trailing=False)
     except dns.message.ShortHeader:
@@ -221,6 +223,58 @@ def _careful(query: bytes, index: Index, tcp: bool) -> bytes | None:
     limit = TCP_MAXIMUM if tcp else _udp_limit(None if do is None else message.payload)
     lowered = rrset.name.canonicalize().to_wire()
     return _answer(qid, rd, cd, question, lowered, rrset.rdtype, do, index, limit)
+
+
+def _frames_exactly(message: bytes) -> bool:
+    """Whether the sections the header counts frame the message exactly: every name valid
+    (labels, backward pointers, 255 octets), every record's length within the message, nothing
+    after the last. dnspython rejects every message that fails this too, but at ten times the
+    cost (40 us), which a flood of mangled queries would otherwise buy (tests/test_fuzz.py
+    checks that this never rejects a message dnspython accepts)."""
+    size = len(message)
+    questions, answers, authorities, additionals = COUNTS.unpack_from(message, 4)
+    pos = 12
+    for number in range(questions + answers + authorities + additionals):
+        pos = _name_end(message, pos)
+        if pos < 0:
+            return False
+        if number < questions:
+            pos += 4
+        elif pos + 10 <= size:
+            pos += 10 + (message[pos + 8] << 8 | message[pos + 9])
+        else:
+            return False
+        if pos > size:
+            return False
+    return pos == size
+
+
+def _name_end(message: bytes, pos: int) -> int:
+    """Offset after the name at pos, or -1 when it is malformed, by dnspython's rules."""
+    size = len(message)
+    after = -1
+    earliest = pos  # a pointer must go before every earlier target: no loops
+    octets = 1
+    while pos < size:
+        length = message[pos]
+        pos += 1
+        if length == 0:
+            return pos if after < 0 else after
+        if length < 64:
+            pos += length
+            octets += length + 1
+            if octets > 255:
+                return -1
+        elif length >= 0xC0 and pos < size:
+            target = (length & 0x3F) << 8 | message[pos]
+            if target >= earliest:
+                return -1
+            if after < 0:
+                after = pos + 1
+            earliest = pos = target
+        else:
+            return -1
+    return -1
 
 
 def _question(message: dns.message.Message) -> bytes:

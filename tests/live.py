@@ -17,13 +17,23 @@ BIG_COUNT = 120
 
 
 def cluster_file(directory: Path) -> Path:
-    """The bundled example cluster plus Service big (a UDP answer that must truncate)."""
+    """The bundled example cluster, Service big (a UDP answer that must truncate) and Service
+    mid (an answer that just fits 1232 bytes: the worst amplification)."""
     endpoints = [endpoint(f"2001:db8:b16::{i:x}", pod=f"big-{i}") for i in range(1, BIG_COUNT + 1)]
     pods = [pod(f"big-{i}", f"2001:db8:b16::{i:x}") for i in range(1, BIG_COUNT + 1)]
-    path = directory / "cluster.yaml"
-    path.write_text(
-        EXAMPLE.read_text() + "\n---\n" + cluster(service("big"), endpoint_slice("big-1", "big", *endpoints), *pods)
+    # Service mid: 40 AAAA, an answer that just fits 1232 bytes (the worst amplification)
+    mid_endpoints = [endpoint(f"2001:db8:40::{i:x}", pod=f"mid-{i}") for i in range(1, 41)]
+    mid_pods = [pod(f"mid-{i}", f"2001:db8:40::{i:x}") for i in range(1, 41)]
+    extra = cluster(
+        service("big"),
+        endpoint_slice("big-1", "big", *endpoints),
+        *pods,
+        service("mid"),
+        endpoint_slice("mid-1", "mid", *mid_endpoints),
+        *mid_pods,
     )
+    path = directory / "cluster.yaml"
+    path.write_text(EXAMPLE.read_text() + "\n---\n" + extra)
     return path
 
 

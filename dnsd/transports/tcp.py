@@ -2,8 +2,13 @@
 
 Queries on one connection are answered in order as they arrive, without waiting for the
 client to read earlier replies; a connection idle longer than the timeout is closed cleanly
-(CoreDNS keeps pooled upstream connections 10 s and redials on a clean close). Beyond the
-connection cap, new connections are closed at once.
+(CoreDNS keeps pooled upstream connections 10 s and redials on a clean close).
+
+At the connection cap, a new connection closes the one that has been idle longest (it loses
+nothing: it waits for a query, and clients redial on a clean close), and only when every
+connection is busy with a query is the new one closed at once. So thousands of idle
+connections hold memory at the cap and cannot lock real clients out, unlike refusing new
+connections until an idle timeout frees a place (NSD's way).
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("dnsd.tcp")
 
 Responder = Callable[[bytes], bytes | None]
-WRITE_HIGH_WATER = 256 * 1024
+WRITE_HIGH_WATER = 64 * 1024
+LISTEN_BACKLOG = 1024
+"""Connections the kernel completes before dnsd accepts them. asyncio's default of 100 made
+new connections wait 1 s (a SYN retry) whenever more than 100 arrived at once."""
+"""Buffered replies per connection before waiting for the client to read (one largest message)."""
 
 
 def open_socket(listen: Listen) -> socket.socket:
@@ -39,12 +48,26 @@ def open_socket(listen: Listen) -> socket.socket:
             wildcard = ipaddress.ip_address(listen.host).is_unspecified
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if wildcard else 1)
         sock.bind((listen.host, listen.port))
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """Raise the soft limit of open files towards wanted (within the hard limit): a soft limit
+    of 1024, common in containers, would make accept() fail below a cap of 1000 connections."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit to %d: %s", wanted, exc)
 
 
 class TcpListener:
@@ -65,25 +88,35 @@ class TcpListener:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.rejected = 0
+        """New connections closed at once: at the cap with every connection busy."""
+        self.evicted = 0
+        """Idle connections closed at the cap to make room for a new one."""
         self.stats = stats if stats is not None else QueryStats("tcp")
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._idle: set[asyncio.Task[None]] = set()
-        """Connections waiting for their next query: closing them loses nothing."""
+        self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        """Connections waiting on their client, longest first: closing one loses at most a query
+        the client has not finished sending, or replies it does not read."""
 
     @property
     def address(self) -> tuple:
         return self.sock.getsockname()
 
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, sock=self.sock)
+        raise_open_files_limit(self.max_connections + 256)
+        # asyncio listens on the socket again, with its own default backlog unless told
+        self._server = await asyncio.start_server(self._serve, sock=self.sock, backlog=LISTEN_BACKLOG)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, end idle connections, let busy ones finish within timeout, then cut them."""
         if self._server is not None:
             self._server.close()
-        for task in self._idle:
-            task.cancel()
+        for writer in list(self._idle.values()):
+            writer.close()  # its read ends as a clean close
         if self._connections:
             _done, pending = await asyncio.wait(set(self._connections), timeout=timeout)
             for task in pending:
@@ -93,15 +126,25 @@ class TcpListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.max_connections:
-            self.rejected += 1
-            writer.close()
-            return
+            if not self._idle:
+                self.rejected += 1
+                writer.close()
+                return
+            # The longest-idle connection makes room; its read then ends as a clean close.
+            longest_idle = next(iter(self._idle))
+            self._idle.pop(longest_idle).close()
+            self._connections.discard(longest_idle)
+            self.evicted += 1
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
             await self._exchange(reader, writer)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        except asyncio.CancelledError:
+            # Only close() cancels, for a connection still busy after its grace period. Ending
+            # quietly: Python 3.11's stream callback logs a cancelled handler as an error.
             pass
         except OSError as exc:
             log.debug("TCP connection ended: %s", exc)
@@ -117,17 +160,19 @@ class TcpListener:
         peer = writer.get_extra_info("peername") or ("",)
         ipv6 = ":" in peer[0] and not peer[0].startswith("::ffff:")
         while True:
-            self._idle.add(task)
+            # Waiting on the client (for a query, or below for room for replies) makes the
+            # connection evictable; a client that stops halfway (slowloris) times out.
+            self._idle[task] = writer
             try:
                 async with asyncio.timeout(self.idle_timeout):
                     prefix = await reader.readexactly(2)
+                length = int.from_bytes(prefix, "big")
+                if length == 0:
+                    return
+                async with asyncio.timeout(self.idle_timeout):
+                    query = await reader.readexactly(length)
             finally:
-                self._idle.discard(task)
-            length = int.from_bytes(prefix, "big")
-            if length == 0:
-                return
-            async with asyncio.timeout(self.idle_timeout):
-                query = await reader.readexactly(length)
+                self._idle.pop(task, None)
             if self.transfer is not None and self.transfer.claims(query):
                 await self.transfer.serve(query, peer[0], writer)
                 continue
@@ -138,4 +183,11 @@ class TcpListener:
                 continue
             writer.write(len(reply).to_bytes(2, "big") + reply)
             if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                await writer.drain()
+                # A client that sends queries and never reads the replies gets no more than
+                # the timeout, and holds at most one high-water mark of memory meanwhile.
+                self._idle[task] = writer
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        await writer.drain()
+                finally:
+                    self._idle.pop(task, None)

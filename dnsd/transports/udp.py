@@ -23,6 +23,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
 from dnsd.config import Listen
+from dnsd.rrl import ResponseRateLimiter
 from dnsd.stats import QueryStats
 
 if TYPE_CHECKING:
@@ -85,11 +86,14 @@ class UdpListener:
         respond: Responder,
         stats: QueryStats | None = None,
         transfer: Transfers | None = None,
+        rrl: ResponseRateLimiter | None = None,
     ) -> None:
         self.sock = sock
         self.respond = respond
         self.transfer = transfer
         """Zone transfers (a transfer primary only): IXFR over UDP and TSIG-signed queries."""
+        self.rrl = rrl
+        """Response rate limiting, None when off (TCP needs none: its source cannot be forged)."""
         self.pktinfo = is_wildcard(sock.getsockname()[0])
         self.received = 0
         self.dropped_replies = 0
@@ -112,6 +116,7 @@ class UdpListener:
 
     def _readable(self) -> None:
         sock, respond, record, transfer = self.sock, self.respond, self.stats.record, self.transfer
+        rrl = self.rrl
         v6 = sock.family == socket.AF_INET6
         for _ in range(BURST):
             try:
@@ -137,6 +142,10 @@ class UdpListener:
             record(v6 and not peer[0].startswith("::ffff:"), data, reply, perf_counter_ns() - started)
             if reply is None:
                 continue
+            if rrl is not None:
+                reply = rrl.limit(peer[0], reply)
+                if reply is None:
+                    continue
             try:
                 if ancillary:
                     sock.sendmsg([reply], _reply_ancillary(ancillary), 0, peer)
