@@ -289,14 +289,14 @@ class Transfers:
 
     def respond(self, query: bytes, host: str, *, tcp: bool = False) -> bytes | None:
         """The one response to a claimed query (UDP, or anything that is not a TCP transfer)."""
-        decided = self.decide(query, host, tcp=tcp)
+        decided = self._decide_safely(query, host, tcp=tcp)
         if isinstance(decided, Plan):  # only TCP plans transfers, and TCP goes through serve()
             raise AssertionError("a transfer planned for a single response")
         return decided
 
     async def serve(self, query: bytes, host: str, writer: asyncio.StreamWriter) -> None:
         """Answer a claimed query on a TCP connection: one response, or a transfer's messages."""
-        decided = self.decide(query, host, tcp=True)
+        decided = self._decide_safely(query, host, tcp=True)
         if decided is None:
             return
         if isinstance(decided, bytes):
@@ -325,6 +325,15 @@ class Transfers:
                 elif loop.time() > slice_end:
                     await asyncio.sleep(0)
                     slice_end = loop.time() + SLICE
+        except (ConnectionError, TimeoutError):
+            raise  # the transport's to handle: the client went away or stopped reading
+        except Exception:
+            # A bug while building the stream: the client sees the connection end (it cannot
+            # take a response after messages already sent) and retries; the server goes on.
+            log.exception("internal error during a transfer to %s; connection closed", host)
+            self.stats.requests[(decided.kind, "failed")] += 1
+            writer.close()
+            return
         finally:
             self.stats.messages += messages
             self.stats.bytes += sent
@@ -353,6 +362,17 @@ class Transfers:
         yield notifies
 
     # -- deciding ------------------------------------------------------------------------------
+
+    def _decide_safely(self, query: bytes, host: str, *, tcp: bool) -> bytes | Plan | None:
+        """`decide`, with a bug answered as SERVFAIL rather than ending the connection or the reader."""
+        try:
+            return self.decide(query, host, tcp=tcp)
+        except Exception:
+            log.exception("internal error answering a transfer request; sent SERVFAIL")
+            self.stats.requests[("other", "servfail")] += 1
+            if len(query) < 12 or query[2] & QR:
+                return None
+            return _header(query[:2], QR | (query[2] & RD), SERVFAIL, 0)
 
     def decide(self, query: bytes, host: str, *, tcp: bool) -> bytes | Plan | None:
         """What to answer: a response, a transfer to stream, or None to drop."""

@@ -629,6 +629,17 @@ def test_no_input_crashes_the_transfer_path(tail: bytes, tcp: bool) -> None:
             assert decided[2] & 0x80
 
 
+def test_a_bug_is_answered_with_servfail(monkeypatch: pytest.MonkeyPatch) -> None:
+    zone, transfers = _transfers()
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(zone.index, "zone_snapshot", broken)
+    query = dns.message.make_query(ZONE, "AXFR").to_wire()
+    assert _rcode(transfers._decide_safely(query, "127.0.0.1", tcp=True)) == dns.rcode.SERVFAIL
+
+
 def test_key_files() -> None:
     bind = 'key "a.example" {\n\talgorithm hmac-sha512;\n\tsecret "c2VjcmV0";\n};\nkey b { secret "c2VjcmV0"; };'
     keys = transfer.parse_keys(bind)
