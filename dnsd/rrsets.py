@@ -7,7 +7,6 @@ which records exist, following the naming contract in `dnsd.names`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import struct
 import sys
@@ -64,8 +63,21 @@ class ZoneWires:
     """(zone, svc.zone, pod.zone) per forward zone: where annotation names may not go."""
 
 
-@functools.lru_cache(maxsize=8)
 def zone_wires(config: Config) -> ZoneWires:
+    # Called per owner update: a Config's hash (dnspython names) costs more than the update.
+    cached = _zone_wires.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    wires = _compute_zone_wires(config)
+    _zone_wires.clear()
+    _zone_wires[id(config)] = (config, wires)
+    return wires
+
+
+_zone_wires: dict[int, tuple[Config, ZoneWires]] = {}
+
+
+def _compute_zone_wires(config: Config) -> ZoneWires:
     forward = tuple(z.to_wire() for z in config.forward_zones)
     return ZoneWires(
         forward=forward,
@@ -254,6 +266,7 @@ def service_contribution(
                 endpoint.addresses if known is None else tuple(sorted({*known, *endpoint.addresses}))
             )
     for base in bases:
+        port_owners: dict[tuple[str, str], bytes | None] = {}
         targets: dict[str, bytes] = {}
         for name_label, label_addresses in by_label.items():
             name = join(label(name_label), base)
@@ -269,12 +282,10 @@ def service_contribution(
             if target is None:
                 continue
             for port_name, protocol, port in endpoint.ports:
-                proto_label = PROTOCOL_LABELS.get(protocol.upper())
-                if not port_name or proto_label is None or not is_dns_label(port_name):
-                    continue
-                owner = join(label("_" + port_name), label(proto_label), base)
+                owner = port_owners.get((port_name, protocol), b"")
+                if owner == b"":  # not seen yet for this base: most endpoints share their ports
+                    owner = port_owners[(port_name, protocol)] = _srv_owner(port_name, protocol, base)
                 if owner is None:
-                    _skip("name_too_long", "_%s.%s.%s: name too long; skipped", port_name, proto_label, to_text(base))
                     continue
                 rdatas, glue = srv.setdefault(owner, (set(), set()))
                 rdatas.add(struct.pack("!HHH", 0, 1, port) + target)
@@ -287,31 +298,49 @@ def service_contribution(
 
 def is_named(pod: Pod | None, config: Config) -> bool:
     """Whether a pod has names of its own (and PTRs): active, with addresses of its own."""
-    return (
-        pod is not None and config.pod_records and pod.active and not pod.host_network and bool(pod.addresses)
-    )
+    return pod is not None and config.pod_records and pod.active and not pod.host_network and bool(pod.addresses)
 
 
 def pod_address_data(pod: Pod, config: Config) -> NameData:
     return _address_rrsets(pod.addresses, config.ttl)
 
 
-def pod_contribution(pod: Pod | None, config: Config) -> Contribution:
+def has_own_names(pod: Pod | None, config: Config) -> bool:
+    """Whether a pod is answered at <pod>.<ns>.pod.Z (and its addresses' PTRs point there)."""
+    return is_named(pod, config) and is_dns_label(pod.name) and is_dns_label(pod.namespace)  # type: ignore[union-attr]
+
+
+def _srv_owner(port_name: str, protocol: str, base: bytes) -> bytes | None:
+    """_<port>._<proto>.<base>, None for an unnamed or invalid port or a name too long."""
+    proto_label = PROTOCOL_LABELS.get(protocol.upper())
+    if not port_name or proto_label is None or not is_dns_label(port_name):
+        return None
+    owner = join(label("_" + port_name), label(proto_label), base)
+    if owner is None:
+        _skip("name_too_long", "_%s.%s.%s: name too long; skipped", port_name, proto_label, to_text(base))
+    return owner
+
+
+def pod_contribution(pod: Pod | None, config: Config, *, forward: bool = True) -> Contribution:
+    """A pod's names: its own (unless forward is False: the zone renders those) and PTRs."""
     if pod is None or not is_named(pod, config):
         return {}
     if not (is_dns_label(pod.name) and is_dns_label(pod.namespace)):
         _skip("invalid_label", "pod %s/%s: name is not a DNS label; it gets no name", pod.namespace, pod.name)
         return {}
     wires = zone_wires(config)
-    middle = label(pod.name) + label(pod.namespace) + b"\x03pod"
-    data = pod_address_data(pod, config)
     contribution: Contribution = {}
-    for zone in wires.forward:
-        name = join(middle, zone)
-        if name is None:
-            _skip("name_too_long", "pod %s/%s: name too long in %s", pod.namespace, pod.name, to_text(zone))
-            continue
-        contribution[name] = data
+    if not (forward or wires.reverse):
+        return contribution
+    middle = label(pod.name) + label(pod.namespace) + b"\x03pod"
+    if forward:
+        data = pod_address_data(pod, config)
+        for zone in wires.forward:
+            name = join(middle, zone)
+            if name is None:
+                _skip("name_too_long", "pod %s/%s: name too long in %s", pod.namespace, pod.name, to_text(zone))
+                continue
+            contribution[name] = data
     first = join(middle, wires.forward[0]) if wires.forward else None
     if first is not None and wires.reverse:
         ptr = {PTR: RRset(PTR, config.ttl, (first,))}

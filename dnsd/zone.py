@@ -40,6 +40,7 @@ from dnsd.rrsets import (
     EndpointNames,
     NameData,
     RRset,
+    has_own_names,
     pod_address_data,
     pod_contribution,
     service_contribution,
@@ -407,14 +408,14 @@ class Index:
         if before != table:
             before_labels = before.addresses if before is not None else _NOTHING
             after_labels = table.addresses if table is not None else _NOTHING
+            middle = label(name) + label(namespace) + b"\x03svc"
             for endpoint_label in before_labels.keys() | after_labels.keys():
-                old = before.data(endpoint_label) if before is not None else None
-                new = table.data(endpoint_label) if table is not None else None
-                if old != new:
-                    for own_name in self._names_below(
-                        label(endpoint_label) + label(name) + label(namespace), b"\x03svc"
-                    ):
-                        self._publish_rendered(own_name, old, new)
+                old = before.ttl if before is not None else 0, before_labels.get(endpoint_label)
+                new = table.ttl if table is not None else 0, after_labels.get(endpoint_label)
+                if not _same_addresses(old, new):
+                    # No ancestor counts: the Service's own name, a node, is the parent of these.
+                    for own_name in self._names_below(label(endpoint_label) + middle):
+                        self._publish_rendered(own_name, old, new, ancestors=False)
         self._rendered_count += len(table.addresses if table else ()) - len(before.addresses if before else ())
         if table is not None:
             self._endpoint_names.setdefault(namespace, {})[name] = table
@@ -429,20 +430,17 @@ class Index:
         namespace, name = key
         pod = store.pods.get(key)
         owner = ("pod", *key)
-        contribution = pod_contribution(pod, self.config)
-        answered = bool(contribution) and name == name.lower() and namespace == namespace.lower()
+        answered = name == name.lower() and namespace == namespace.lower() and has_own_names(pod, self.config)
+        contribution = pod_contribution(pod, self.config, forward=not answered)
+        self._set_owner(owner, contribution, _priority(owner, pod))
         pods = self._named_pods.get(namespace)
         before = pods.get(name) if pods else None
-        own_names = self._names_below(label(name) + label(namespace), b"\x03pod") if answered or before else []
-        if answered:
-            for own_name in own_names:
-                contribution.pop(own_name, None)
-        self._set_owner(owner, contribution, _priority(owner, pod))
-        before_data = pod_address_data(before, self.config) if before is not None else None
-        after_data = pod_address_data(pod, self.config) if answered and pod is not None else None
-        if before_data != after_data:
-            for own_name in own_names:
-                self._publish_rendered(own_name, before_data, after_data)
+        ttl = self.config.ttl
+        old = ttl, before.addresses if before is not None else None
+        new = ttl, pod.addresses if answered else None  # type: ignore[union-attr]
+        if not _same_addresses(old, new):
+            for own_name in self._names_below(label(name) + label(namespace) + b"\x03pod"):
+                self._publish_rendered(own_name, old, new, ancestors=True)
         if answered and pod is not None:
             if pods is None:
                 pods = self._named_pods[pod.namespace] = {}
@@ -454,24 +452,26 @@ class Index:
             if not pods:
                 del self._named_pods[namespace]
 
-    def _names_below(self, labels: bytes, middle: bytes) -> list[bytes]:
-        """labels + middle + each forward zone, where that is not too long for a name."""
-        return [wire for zone in self._forward if (wire := join(labels, middle, zone)) is not None]
+    def _names_below(self, labels: bytes) -> list[bytes]:
+        """labels + each forward zone, where that is not too long for a name."""
+        return [wire for zone in self._forward if (wire := join(labels, zone)) is not None]
 
-    def _publish_rendered(self, name: bytes, before: NameData | None, after: NameData | None) -> None:
-        """Account for a change of a name answered from the tables (None: the name does not exist)."""
+    def _publish_rendered(self, name: bytes, before: Addresses, after: Addresses, *, ancestors: bool) -> None:
+        """Account for a change of a name answered from the tables (no addresses: no such name)."""
         if self._journal_size and name not in self._touched:
-            zone = self._zone_of(name)
+            ttl, addresses = before
             self._touched[name] = (
-                render(name, before, zone, self.config.max_answers, ("", "", "")) if before is not None else None
+                None
+                if addresses is None
+                else address_node(name, addresses, ttl, self._zone_of(name), self.config.max_answers, ("", "", ""))
             )
         self.dirty = True
         self.generation += 1
-        self.record_count += _record_count(after) - _record_count(before)
+        self.record_count += len(set(after[1] or ())) - len(set(before[1] or ()))
         self._rendered.pop(name, None)
-        if before is None:
+        if ancestors and before[1] is None:
             self._add_descendant(name)
-        elif after is None:
+        elif ancestors and after[1] is None:
             self._drop_descendant(name)
 
     def advance_serial(self, now: float) -> bool:
@@ -577,6 +577,8 @@ class Index:
 
         Every node is rendered before anything changes, so an exception (a bug, a name that
         cannot be rendered) leaves the index as it was. Unchanged names cost one comparison."""
+        if not contribution and owner not in self._owned:
+            return  # most pods: their names are rendered when asked, and they have no PTRs
         max_answers = self.config.max_answers
         rendered = [
             (name, render(name, data, self._zone_of(name), max_answers, owner, priority))
@@ -701,5 +703,11 @@ def _labels(name: bytes, end: int, count: int) -> list[str] | None:
     return [name[start + 1 : start + 1 + name[start]].decode("latin-1") for start in starts]
 
 
-def _record_count(data: NameData | None) -> int:
-    return sum(len(rrset.rdatas) for rrset in data.values()) if data else 0
+Addresses = tuple[int, tuple[bytes, ...] | None]
+"""What a pod or endpoint name answers: (TTL, addresses); None addresses: the name does not exist."""
+
+
+def _same_addresses(old: Addresses, new: Addresses) -> bool:
+    if old[1] is None or new[1] is None:
+        return old[1] is new[1]
+    return old[0] == new[0] and set(old[1]) == set(new[1])
