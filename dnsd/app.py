@@ -171,7 +171,7 @@ class Server:
                 )
             )
         for listener in self.udp:
-            listener.start()
+            listener.start(batched=self.config.udp_batching)
         for tcp_listener in self.tcp:
             await tcp_listener.start()
         for listener in self.udp:

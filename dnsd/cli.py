@@ -148,6 +148,12 @@ FLAGS: tuple[Flag, ...] = (
         default="1000",
     ),
     Flag(
+        ("--udp-batching",),
+        "read and answer UDP in batches with recvmmsg/sendmmsg where the platform has them",
+        "on|off",
+        default="on",
+    ),
+    Flag(
         ("--rrl",),
         "response rate limiting: UDP responses per second per source /24 or /56 and response "
         "(0 = off; see Reliability in the README)",
@@ -277,6 +283,7 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dic
         log_format=values["log_format"],
         tcp_idle_timeout=float(parse_int(values["tcp_idle_timeout"], flag="--tcp-idle-timeout", low=1)),
         tcp_max_connections=parse_int(values["tcp_max_connections"], flag="--tcp-max-connections", low=1),
+        udp_batching=parse_bool(values["udp_batching"], flag="--udp-batching"),
         rrl=parse_int(values["rrl"], flag="--rrl", low=0),
         rrl_slip=parse_int(values["rrl_slip"], flag="--rrl-slip", low=0, high=100),
         lameduck=parse_float(values["lameduck"], flag="--lameduck"),

@@ -74,6 +74,7 @@ class Config:
     tcp_idle_timeout: float = 30.0
     """Seconds a TCP connection may stay idle; CoreDNS keeps its pooled connections 10 s."""
     tcp_max_connections: int = 1000
+    udp_batching: bool = True
     """Open TCP connections at most; beyond it the longest-idle connection is closed for a new one."""
     rrl: int = 0
     """Response rate limit: UDP responses per second per source network and response; 0 is off."""

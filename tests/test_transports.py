@@ -311,8 +311,12 @@ def assert_replies_come_from_queried_address(sock: socket.socket, targets: list[
         assert peer[:2] == (targets[n], port), f"the reply to a query sent to {targets[n]} came from {peer[0]}"
 
 
-def test_ipv6_wildcard_replies_from_each_queried_address(dnsd):
-    process = start(dnsd, "--listen", "[::]:0")
+BATCHING = pytest.mark.parametrize("batching", ["on", "off"])  # recvmmsg/sendmmsg, or a datagram per call
+
+
+@BATCHING
+def test_ipv6_wildcard_replies_from_each_queried_address(dnsd, batching):
+    process = start(dnsd, "--listen", "[::]:0", "--udp-batching", batching)
     assert process.addresses[0][0] == "::"
     port = process.port
 
@@ -334,8 +338,9 @@ def test_ipv6_wildcard_replies_from_each_queried_address(dnsd):
         assert_authoritative_answer(response, "A", WEB_A)
 
 
-def test_ipv4_wildcard_replies_from_each_queried_address(dnsd):
-    process = start(dnsd, "--listen", "0.0.0.0:0")
+@BATCHING
+def test_ipv4_wildcard_replies_from_each_queried_address(dnsd, batching):
+    process = start(dnsd, "--listen", "0.0.0.0:0", "--udp-batching", batching)
     assert process.addresses[0][0] == "0.0.0.0"
     port = process.port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -580,8 +585,9 @@ def test_large_answer_is_truncated_over_udp_and_complete_over_tcp(dnsd, tmp_path
 # --- 5. hostile input over UDP -------------------------------------------------------------------
 
 
-def test_udp_hostile_input(dnsd):
-    process = start(dnsd, "--listen", "127.0.0.1:0")
+@BATCHING
+def test_udp_hostile_input(dnsd, batching):
+    process = start(dnsd, "--listen", "127.0.0.1:0", "--udp-batching", batching)
     port = process.port
     target = ("127.0.0.1", port)
     rng = random.Random(20261126)

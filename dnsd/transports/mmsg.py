@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import socket
 import struct
@@ -27,6 +28,7 @@ SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 CONTROL_SIZE = 64  # room for one IPV6_PKTINFO or IP_PKTINFO message
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_SOCKADDR_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
 _CMSG_HEADER = struct.Struct("@NiI")  # cmsg_len, cmsg_level, cmsg_type (int, padded to 16 bytes on LP64)
 
 
@@ -83,13 +85,16 @@ def available() -> bool:
 class DatagramBatch:
     """Preallocated receive and send arrays for one UDP socket."""
 
-    def __init__(self, sock: socket.socket, count: int = 64, size: int = 4096, *, pktinfo: bool = False) -> None:
+    def __init__(self, sock: socket.socket, count: int = 64, size: int = 65535, *, pktinfo: bool = False) -> None:
         if _LIBC is None:
             raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg are not available")
         self.fd = sock.fileno()
         self.count, self.size, self.pktinfo = count, size, pktinfo
-        self._recv_data = ctypes.create_string_buffer(count * size)
-        self._send_data = ctypes.create_string_buffer(count * size)
+        # Anonymous mappings, not ctypes buffers: a page is resident only once a datagram is
+        # written to it, so 64 slots of 64 KiB cost what the datagrams use, not 8 MiB.
+        self._recv_map, self._send_map = mmap.mmap(-1, count * size), mmap.mmap(-1, count * size)
+        self._recv_data = (ctypes.c_char * (count * size)).from_buffer(self._recv_map)
+        self._send_data = (ctypes.c_char * (count * size)).from_buffer(self._send_map)
         self._names = ctypes.create_string_buffer(count * SOCKADDR_SIZE)
         self._recv_control = ctypes.create_string_buffer(count * CONTROL_SIZE)
         self._send_control = ctypes.create_string_buffer(count * CONTROL_SIZE)
@@ -105,6 +110,9 @@ class DatagramBatch:
             header = self._recv[i].hdr
             header.name, header.iov, header.iovlen = names + i * SOCKADDR_SIZE, ctypes.addressof(self._recv_iov[i]), 1
             self._send[i].hdr.iov, self._send[i].hdr.iovlen = ctypes.addressof(self._send_iov[i]), 1
+            self._send[i].hdr.namelen = _SOCKADDR_LENGTH[sock.family]
+            if pktinfo:
+                self._send[i].hdr.control = ctypes.addressof(self._send_control) + i * CONTROL_SIZE
         self._recv_words = memoryview(self._recv).cast("B").cast("Q")
         self._send_words = memoryview(self._send).cast("B").cast("Q")
         self._send_iov_words = memoryview(self._send_iov).cast("B").cast("Q")
@@ -161,23 +169,21 @@ class DatagramBatch:
 
     def queue_reply(self, i: int, reply: bytes) -> bool:
         """Queue reply to the sender of the i-th datagram; False when it does not fit a slot."""
-        slot = self._queued
-        if len(reply) > self.size:
+        size = len(reply)
+        if size > self.size:
             return False
+        slot = self._queued
         start = slot * self.size
-        self._outgoing[start : start + len(reply)] = reply
-        self._send_iov_words[slot * 2 + _IOV_LENGTH] = len(reply)
-        words, base = self._send_words, slot * _MMSG_WORDS
-        words[base + _NAME] = self._names_base + i * SOCKADDR_SIZE
-        words[base + _NAMELEN] = self._recv_words[i * _MMSG_WORDS + _NAMELEN] & 0xFFFFFFFF
-        control_length = self._recv_words[i * _MMSG_WORDS + _CONTROLLEN] if self.pktinfo else 0
-        if control_length:
-            words[base + _CONTROL] = self._send_control_base + slot * CONTROL_SIZE
-            words[base + _CONTROLLEN] = self._reply_control(i, slot, control_length)
-        else:
-            words[base + _CONTROL] = 0
-            words[base + _CONTROLLEN] = 0
-        self._queued += 1
+        self._outgoing[start : start + size] = reply
+        self._send_iov_words[slot * 2 + _IOV_LENGTH] = size
+        base = slot * _MMSG_WORDS
+        # The name length is the socket family's, set once (IPv4 senders on a dual-stack socket
+        # are IPv4-mapped IPv6 addresses); control data only on wildcard sockets.
+        self._send_words[base + _NAME] = self._names_base + i * SOCKADDR_SIZE
+        if self.pktinfo:
+            control_length = self._recv_words[i * _MMSG_WORDS + _CONTROLLEN]
+            self._send_words[base + _CONTROLLEN] = self._reply_control(i, slot, control_length) if control_length else 0
+        self._queued = slot + 1
         return True
 
     def _reply_control(self, i: int, slot: int, length: int) -> int:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from dnsd.config import Listen
 from dnsd.rrl import ResponseRateLimiter
 from dnsd.stats import QueryStats
+from dnsd.transports import mmsg
 
 if TYPE_CHECKING:
     from dnsd.transfer import Transfers
@@ -39,6 +40,8 @@ RECEIVE_SIZE = 65535
 ANCILLARY_SIZE = socket.CMSG_SPACE(20) * 2
 BURST = 64
 """Datagrams answered per wake-up before TCP and timers get a turn."""
+BATCH = 64
+"""Datagrams per recvmmsg/sendmmsg call, where the platform has them (dnsd.transports.mmsg)."""
 
 Responder = Callable[[bytes], bytes | None]
 
@@ -99,14 +102,59 @@ class UdpListener:
         self.dropped_replies = 0
         self.stats = stats if stats is not None else QueryStats("udp")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: mmsg.DatagramBatch | None = None
 
     @property
     def address(self) -> tuple:
         return self.sock.getsockname()
 
-    def start(self) -> None:
+    def start(self, *, batched: bool = True) -> None:
+        """Serve on the loop; batched: with recvmmsg/sendmmsg where available (the default)."""
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.sock.fileno(), self._readable)
+        if batched and mmsg.available():
+            self._batch = mmsg.DatagramBatch(self.sock, BATCH, RECEIVE_SIZE, pktinfo=self.pktinfo)
+            self._loop.add_reader(self.sock.fileno(), self._readable_batches)
+        else:
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable_batches(self) -> None:
+        """`_readable`, a batch of datagrams per system call (up to BURST per wake-up)."""
+        batch, respond, record, transfer, rrl = self._batch, self.respond, self.stats.record, self.transfer, self.rrl
+        assert batch is not None
+        for _ in range(max(1, BURST // BATCH)):
+            try:
+                received = batch.receive()
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue  # an ICMP error from an earlier reply; it is not about this socket
+                log.warning("UDP receive failed: %s", exc)
+                return
+            if not received:
+                return
+            self.received += received
+            for i in range(received):
+                data = batch.datagram(i)
+                peer = batch.peer(i)
+                if data is None or mmsg.peer_port(peer) == 0:  # longer than any DNS message; port 0: a reflection
+                    continue
+                started = perf_counter_ns()
+                if transfer is not None and transfer.claims(data):
+                    reply = transfer.respond(data, mmsg.peer_host(peer))
+                else:
+                    reply = respond(data)
+                record(mmsg.peer_is_ipv6(peer), data, reply, perf_counter_ns() - started)
+                if reply is None:
+                    continue
+                if rrl is not None:
+                    reply = rrl.limit(mmsg.peer_host(peer), reply)
+                    if reply is None:
+                        continue
+                if not batch.queue_reply(i, reply):
+                    self.dropped_replies += 1
+            # A full send buffer: UDP may lose these replies, the clients retry. Never block.
+            self.dropped_replies += batch.send()
+            if received < BATCH:
+                return
 
     def close(self) -> None:
         if self._loop is not None:
