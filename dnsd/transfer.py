@@ -296,15 +296,15 @@ class Transfers:
 
     async def serve(self, query: bytes, host: str, writer: asyncio.StreamWriter) -> None:
         """Answer a claimed query on a TCP connection: one response, or a transfer's messages."""
+        loop = asyncio.get_running_loop()
+        slice_end = loop.time() + SLICE  # deciding (the index's snapshot) counts against the first slice
+        started = time.monotonic()
         decided = self._decide_safely(query, host, tcp=True)
         if decided is None:
             return
         if isinstance(decided, bytes):
             writer.write(len(decided).to_bytes(2, "big") + decided)
             return
-        loop = asyncio.get_running_loop()
-        slice_end = loop.time() + SLICE
-        started = time.monotonic()
         messages = sent = 0
         try:
             for message in decided.messages:
