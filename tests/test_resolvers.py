@@ -127,7 +127,12 @@ def cluster_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def start_dnsd(cluster: Path, *extra: str) -> DnsdProcess:
     zones = [argument for zone in ZONES for argument in ("--zone", zone)]
-    return DnsdProcess([*zones, "--from-file", str(cluster), "--listen", "127.0.0.1:0", *extra]).ready()
+    process = DnsdProcess([*zones, "--from-file", str(cluster), "--listen", "127.0.0.1:0", *extra])
+    try:
+        return process.ready()
+    except BaseException:
+        process.stop()
+        raise
 
 
 def dnsd_metrics(process: DnsdProcess) -> str:
@@ -176,14 +181,18 @@ def behind(
     request: pytest.FixtureRequest, cluster_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Behind]:
     dnsd = start_dnsd(cluster_file)
-    tap = Tap(("127.0.0.1", dnsd.port))
-    resolver: Resolver = request.param(tmp_path_factory.mktemp(request.param.__name__), ZONES, tap.port)
+    tap: Tap | None = None
+    resolver: Resolver | None = None
     try:
+        tap = Tap(("127.0.0.1", dnsd.port))
+        resolver = request.param(tmp_path_factory.mktemp(request.param.__name__), ZONES, tap.port)
         resolver.start()
         yield Behind(resolver, dnsd, tap)
     finally:
-        resolver.stop()
-        tap.close()
+        if resolver is not None:
+            resolver.stop()
+        if tap is not None:
+            tap.close()
         dnsd.stop()
 
 
