@@ -444,10 +444,12 @@ class Transfers:
             if changes == [] or (changes is None and not serial_newer(current, client)):
                 records: Iterable[RR] = [self.index.soa_record(apex, current)]
                 result = "uptodate"
-            elif changes is not None:
+            elif changes is not None and sum(len(d[2]) + len(d[3]) for d in changes) <= self.index.record_count:
                 records = self._incremental(apex, current, changes)
                 result = "incremental"
             else:
+                # The journal does not reach back, or its differences outweigh the zone (a relist
+                # renamed everything): the whole zone, AXFR-style (RFC 1995 §4 allows it).
                 current, records = self._full(apex, now)
                 result = "full"
         else:

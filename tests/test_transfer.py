@@ -629,6 +629,23 @@ def test_no_input_crashes_the_transfer_path(tail: bytes, tcp: bool) -> None:
             assert decided[2] & 0x80
 
 
+def test_differences_larger_than_the_zone_go_as_a_whole_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    zone, transfers = _transfers()
+    apex = dns.name.from_text(ZONE).to_wire()
+    old = zone.index.serial
+    zone.index.dirty = True
+    zone.index.advance_serial(zone.index.serial + 10)
+    huge = tuple((apex, 16, 5, bytes([1, i % 256])) for i in range(zone.index.record_count + 1))
+    monkeypatch.setattr(zone.index, "changes_since", lambda *_: [(old, zone.index.serial, (), huge)])
+    query = dns.message.make_query(ZONE, "IXFR")
+    query.authority = [dns.rrset.from_text(ZONE, 0, "IN", "SOA", f". . {old} 0 0 0 0")]
+    plan = transfers.decide(query.to_wire(), "127.0.0.1", tcp=True)
+    assert isinstance(plan, transfer.Plan) and plan.result == "full"
+    monkeypatch.setattr(zone.index, "changes_since", lambda *_: [(old, zone.index.serial, (), huge[:3])])
+    plan = transfers.decide(query.to_wire(), "127.0.0.1", tcp=True)
+    assert isinstance(plan, transfer.Plan) and plan.result == "incremental"
+
+
 def test_a_bug_is_answered_with_servfail(monkeypatch: pytest.MonkeyPatch) -> None:
     zone, transfers = _transfers()
 
