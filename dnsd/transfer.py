@@ -48,7 +48,7 @@ QR, AA, RD = 0x80, 0x04, 0x01
 MESSAGE_TARGET = 16 * 1024
 """A message is closed once it passes this size (RFC 5936 allows 64 KiB; smaller messages let
 the loop breathe between them and cost one TSIG each)."""
-SLICE = 0.005
+SLICE = 0.002
 """Longest stretch of building messages before the loop gets a turn."""
 WRITE_HIGH_WATER = 256 * 1024
 STALL_TIMEOUT = 30.0
@@ -185,7 +185,7 @@ class Compressor:
         return name
 
 
-BREATHE_EVERY = 16
+BREATHE_EVERY = 8
 """Records between two points where a transfer may give the loop a turn (None in the stream)."""
 
 

@@ -55,6 +55,8 @@ class Secondary:
         raise NotImplementedError
 
     def start(self) -> Secondary:
+        if not self.available():
+            raise RuntimeError(f"{self.program} is not installed (scripts/test installs nsd, knot and bind9)")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir
@@ -121,9 +123,6 @@ class Secondary:
 
     def incremental_transfers(self) -> list[str]:
         """Log lines that show an incremental (IXFR) transfer was received and applied."""
-        raise NotImplementedError
-
-    def full_transfers(self) -> list[str]:
         raise NotImplementedError
 
 
@@ -225,9 +224,6 @@ class Knot(Secondary):
     def incremental_transfers(self) -> list[str]:
         return re.findall(r".*IXFR, incoming, remote 127\.0\.0\.1@\d+, finished.*", self.log())
 
-    def full_transfers(self) -> list[str]:
-        return re.findall(r".*AXFR, incoming, remote 127\.0\.0\.1@\d+, finished.*", self.log())
-
 
 class Bind(Secondary):
     kind, program, source = "bind", "named", "127.0.0.13"
@@ -273,9 +269,6 @@ class Bind(Secondary):
 
     def incremental_transfers(self) -> list[str]:
         return re.findall(r".*transfer of '[^']+' from 127\.0\.0\.1#\d+: got incremental response.*", self.log())
-
-    def full_transfers(self) -> list[str]:
-        return re.findall(r".*transfer of '[^']+' from 127\.0\.0\.1#\d+: Transfer completed.*", self.log())
 
 
 def _program(name: str) -> str:
