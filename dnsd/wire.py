@@ -48,7 +48,7 @@ _FAST_EXCLUDED_TYPES = frozenset({AXFR, IXFR, OPT, 0})
 # whatever its content. dnspython validates the ones it knows (a 5-byte COOKIE, a bad ECS prefix)
 # and would fail the whole parse, turning a BADVERS or REFUSED into FORMERR on the careful path
 # only; parsed as opaque bytes, both paths treat options alike.
-for _code in list(dns.edns._type_to_class):
+for _code in dns.edns.OptionType:
     dns.edns.register_type(dns.edns.GenericOption, _code)
 
 
