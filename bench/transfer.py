@@ -75,6 +75,15 @@ def answers(port: int, name: str, sock: socket.socket) -> set[str]:
     return {rdata.to_text() for rrset in reply.answer if rrset.rdtype == dns.rdatatype.AAAA for rdata in rrset}
 
 
+def soa_serial(port: int, sock: socket.socket) -> int | None:
+    sock.sendto(dns.message.make_query(ZONE, "SOA").to_wire(), ("127.0.0.1", port))
+    try:
+        reply = dns.message.from_wire(sock.recv(65535))
+    except (TimeoutError, dns.exception.DNSException):
+        return None
+    return int(reply.answer[0][0].serial) if reply.answer else None
+
+
 def measure_secondaries(changes: int, workdir: Path) -> dict:
     services, per_service = 100, 10
     load = workdir / "small.json"
@@ -97,9 +106,14 @@ def measure_secondaries(changes: int, workdir: Path) -> dict:
             if time.monotonic() > deadline:
                 raise TimeoutError("the secondaries did not load the zone")
             time.sleep(0.1)
-        # The serial moves at most once a second: start a second after the last step (the
-        # secondaries' first transfers), as every later change does.
-        time.sleep(1.2)
+        # The serial moves at most once a second: start once it has stood still for 1.5 s (dnsd
+        # may move it once more right after the sync), as every later change does.
+        stable_since, serial = time.monotonic(), soa_serial(dnsd.dns_port, sock)
+        while time.monotonic() - stable_since < 1.5:
+            time.sleep(0.1)
+            now_serial = soa_serial(dnsd.dns_port, sock)
+            if now_serial != serial:
+                stable_since, serial = time.monotonic(), now_serial
         latencies: dict[str, list[float]] = {"dnsd": [], **{s.kind: [] for s in secondaries}}
         ports = {"dnsd": dnsd.dns_port, **{s.kind: s.port for s in secondaries}}
         for n in range(changes):
