@@ -801,72 +801,100 @@ def settle(limit: float, cpus: tuple[str, ...], window: float = 0.25) -> float:
             return round(waited - window, 1)
 
 
-def run_one(server: Server, variant: Variant, settings: Settings) -> dict:
-    """A fresh server: warm-up, full-speed run, then a fixed-rate run with per-query latency."""
-    server_cpus, perf_cpus, check = LAYOUTS[variant.layout]
+def dnsperf_flags(variant: Variant) -> list[str]:
+    return (["-m", "tcp"] if variant.mode == "tcp" else []) + (["-e"] if variant.edns else [])
+
+
+def full_speed(server: Server, variant: Variant, settings: Settings) -> dict:
+    """dnsperf at full speed against a warmed-up server: QPS, CPU per query, and whether the run is clean."""
+    _server_cpus, perf_cpus, check = LAYOUTS[variant.layout]
     files = settings.files[variant.mix]
-    extra = (["-m", "tcp"] if variant.mode == "tcp" else []) + (["-e"] if variant.edns else [])
+    ticks, cpu, wall = cpu_ticks(), server.cpu_ns(), time.monotonic()
+    perf = dnsperf(settings.dnsperf, server.port, files.paths["main"], settings.secs, perf_cpus, dnsperf_flags(variant))
+    ticks2, cpu2, wall2 = cpu_ticks(), server.cpu_ns(), time.monotonic()
+    if perf.returncode != 0 or "qps" not in perf.summary:
+        raise RuntimeError(f"dnsperf failed against {server.kind}: {perf.output[-2000:]}")
+    summary = perf.summary
+    completed = summary.get("completed", 0) or 1
+    server_s = (cpu2 - cpu) / 1e9
+    busy = sum(ticks2[c][0] - ticks[c][0] for c in check) / HZ
+    elapsed = wall2 - wall
+    result = dict(
+        qps=round(summary["qps"]),
+        sent=int(summary.get("sent", 0)),
+        completed=int(summary.get("completed", 0)),
+        lost=int(summary.get("lost", 0)),
+        rcodes=summary.get("rcodes", {}),
+        request_bytes=summary.get("request_bytes"),
+        response_bytes=summary.get("response_bytes"),
+        avg_latency_ms=round(summary.get("avg_latency_ms", float("nan")), 3),
+        server_cpu_pct=round(100 * server_s / elapsed, 1),
+        dnsperf_cpu_pct=round(100 * perf.cpu_s / elapsed, 1),
+        server_us_per_query=round(server_s / completed * 1e6, 2),
+        dnsperf_us_per_query=round(perf.cpu_s / completed * 1e6, 2),
+        residual_cpu_pct=round(100 * (busy - server_s - perf.cpu_s) / elapsed, 1),
+        looped=summary.get("sent", 0) > files.lines["main"],
+    )
+    result["clean"] = result["residual_cpu_pct"] < settings.dirty_limit
+    nxdomain = result["rcodes"].get("NXDOMAIN", 0) / completed
+    result["rcodes_as_expected"] = abs(nxdomain - files.nxdomain_share) < 0.01 and set(result["rcodes"]) <= {
+        "NOERROR",
+        "NXDOMAIN",
+    }
+    return result
+
+
+def fixed_rate(server: Server, variant: Variant, settings: Settings) -> dict:
+    """dnsperf at settings.lat_qps with per-query latencies: p50, p99, p99.9, max."""
+    _server_cpus, perf_cpus, _check = LAYOUTS[variant.layout]
+    lat = dnsperf(
+        settings.dnsperf,
+        server.port,
+        settings.files[variant.mix].paths["lat"],
+        settings.lat_secs,
+        perf_cpus,
+        [*dnsperf_flags(variant), "-Q", str(settings.lat_qps), "-v"],
+    )
+    if lat.returncode != 0 or "qps" not in lat.summary:
+        raise RuntimeError(f"dnsperf -Q failed against {server.kind}: {lat.output[-2000:]}")
+    values = latencies_ms(lat.output)
+    return {
+        "qps": round(lat.summary.get("qps", 0)),
+        "queries": len(values),
+        "lost": int(lat.summary.get("lost", 0)),
+        "p50_ms": round(percentile(values, 50), 3),
+        "p99_ms": round(percentile(values, 99), 3),
+        "p999_ms": round(percentile(values, 99.9), 3),
+        "max_ms": round(max(values, default=float("nan")), 3),
+    }
+
+
+def warm_up(server: Server, variant: Variant, settings: Settings) -> None:
+    _server_cpus, perf_cpus, _check = LAYOUTS[variant.layout]
+    files = settings.files[variant.mix]
+    dnsperf(settings.dnsperf, server.port, files.paths["warm"], settings.warmup, perf_cpus, dnsperf_flags(variant))
+
+
+def start_server(server: Server, variant: Variant, settings: Settings) -> dict:
+    """Wait for quiet CPUs, then start a fresh server in the variant's layout."""
+    server_cpus, _perf_cpus, check = LAYOUTS[variant.layout]
     result: dict = {"server": server.kind}
     result["waited_for_quiet_s"] = settle(settings.settle, check)
     result["started"] = time.strftime("%H:%M:%S")
     started = time.monotonic()
     server.start(server_cpus)
     result["start_s"] = round(time.monotonic() - started, 2)
+    return result
+
+
+def run_one(server: Server, variant: Variant, settings: Settings) -> dict:
+    """A fresh server: warm-up, full-speed run, then a fixed-rate run with per-query latency."""
+    result = start_server(server, variant, settings)
     try:
-        dnsperf(settings.dnsperf, server.port, files.paths["warm"], settings.warmup, perf_cpus, extra)
-        ticks, cpu, wall = cpu_ticks(), server.cpu_ns(), time.monotonic()
-        perf = dnsperf(settings.dnsperf, server.port, files.paths["main"], settings.secs, perf_cpus, extra)
-        ticks2, cpu2, wall2 = cpu_ticks(), server.cpu_ns(), time.monotonic()
-        if perf.returncode != 0 or "qps" not in perf.summary:
-            raise RuntimeError(f"dnsperf failed against {server.kind}: {perf.output[-2000:]}")
-        summary = perf.summary
-        completed = summary.get("completed", 0) or 1
-        server_s = (cpu2 - cpu) / 1e9
-        busy = sum(ticks2[c][0] - ticks[c][0] for c in check) / HZ
-        elapsed = wall2 - wall
-        result.update(
-            qps=round(summary["qps"]),
-            sent=int(summary.get("sent", 0)),
-            completed=int(summary.get("completed", 0)),
-            lost=int(summary.get("lost", 0)),
-            rcodes=summary.get("rcodes", {}),
-            request_bytes=summary.get("request_bytes"),
-            response_bytes=summary.get("response_bytes"),
-            avg_latency_ms=round(summary.get("avg_latency_ms", float("nan")), 3),
-            server_cpu_pct=round(100 * server_s / elapsed, 1),
-            dnsperf_cpu_pct=round(100 * perf.cpu_s / elapsed, 1),
-            server_us_per_query=round(server_s / completed * 1e6, 2),
-            dnsperf_us_per_query=round(perf.cpu_s / completed * 1e6, 2),
-            residual_cpu_pct=round(100 * (busy - server_s - perf.cpu_s) / elapsed, 1),
-            looped=summary.get("sent", 0) > files.lines["main"],
-        )
-        result["clean"] = result["residual_cpu_pct"] < settings.dirty_limit
-        nxdomain = result["rcodes"].get("NXDOMAIN", 0) / completed
-        result["rcodes_as_expected"] = abs(nxdomain - files.nxdomain_share) < 0.01 and set(result["rcodes"]) <= {
-            "NOERROR",
-            "NXDOMAIN",
-        }
+        warm_up(server, variant, settings)
+        result.update(full_speed(server, variant, settings))
         if variant.latency:
-            lat = dnsperf(
-                settings.dnsperf,
-                server.port,
-                files.paths["lat"],
-                settings.lat_secs,
-                perf_cpus,
-                [*extra, "-Q", str(settings.lat_qps), "-v"],
-            )
-            if lat.returncode != 0 or "qps" not in lat.summary:
-                raise RuntimeError(f"dnsperf -Q failed against {server.kind}: {lat.output[-2000:]}")
-            values = latencies_ms(lat.output)
-            result["latency"] = {
-                "qps": round(lat.summary.get("qps", 0)),
-                "queries": len(values),
-                "lost": int(lat.summary.get("lost", 0)),
-                "p50_ms": round(percentile(values, 50), 3),
-                "p99_ms": round(percentile(values, 99), 3),
-                "p999_ms": round(percentile(values, 99.9), 3),
-                "max_ms": round(max(values, default=float("nan")), 3),
-            }
+            result["latency"] = fixed_rate(server, variant, settings)
     finally:
         server.stop()
     return result
@@ -908,10 +936,18 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def table(results: dict) -> str:
-    def n(v, fmt="{:,.0f}"):
-        return "-" if v is None else fmt.format(v)
+def cell(value: float | None, fmt: str = "{:,.0f}") -> str:
+    """A table cell: the value formatted, or '-' when there is none."""
+    return "-" if value is None else fmt.format(value)
 
+
+def latency_cell(summary: dict) -> str:
+    if "lat_p50_ms" not in summary:
+        return "-"
+    return f"{cell(summary['lat_p50_ms'], '{:.3f}')} / {cell(summary['lat_p99_ms'], '{:.3f}')}"
+
+
+def table(results: dict) -> str:
     rows = [
         "| variant | NSD QPS | dnsd QPS | dnsd/NSD | NSD µs/q | dnsd µs/q "
         "| NSD p50 / p99 ms | dnsd p50 / p99 ms | clean runs |",
@@ -919,39 +955,42 @@ def table(results: dict) -> str:
     ]
     for name, v in results.items():
         a, b = v["nsd"], v["dnsd"]
-        lat = [
-            f"{n(s.get('lat_p50_ms'), '{:.3f}')} / {n(s.get('lat_p99_ms'), '{:.3f}')}" if "lat_p50_ms" in s else "-"
-            for s in (a, b)
-        ]
         rows.append(
-            f"| {name} | {n(a['qps'])} | {n(b['qps'])} | {n(v['ratio_qps'], '{:.2f}')} "
-            f"| {n(a['server_us_per_query'], '{:.2f}')} | {n(b['server_us_per_query'], '{:.2f}')} "
-            f"| {lat[0]} | {lat[1]} | {a['clean_runs']}/{a['runs']}, {b['clean_runs']}/{b['runs']} |"
+            f"| {name} | {cell(a['qps'])} | {cell(b['qps'])} | {cell(v['ratio_qps'], '{:.2f}')} "
+            f"| {cell(a['server_us_per_query'], '{:.2f}')} | {cell(b['server_us_per_query'], '{:.2f}')} "
+            f"| {latency_cell(a)} | {latency_cell(b)} | {a['clean_runs']}/{a['runs']}, {b['clean_runs']}/{b['runs']} |"
         )
     return "\n".join(rows)
 
 
+def summary_notes(summary: dict, lat_qps: int) -> list[str]:
+    """What a reader of one summary (see `summarize`) must know: unexpected rcodes, looped files, losses, dirty runs."""
+    found = []
+    if not summary["rcodes_as_expected"]:
+        found.append("rcodes differ from the query mix")
+    if summary["looped"]:
+        found.append("dnsperf read past the end of the query file")
+    if summary["lost"]:
+        found.append(f"{summary['lost']} queries lost")
+    if summary.get("lat_lost"):
+        found.append(f"{summary['lat_lost']} queries lost at {lat_qps}/s")
+    if summary["clean_runs"] < summary["runs"]:
+        found.append(f"{summary['runs'] - summary['clean_runs']} dirty run(s) kept (no retries left)")
+    return found
+
+
 def notes(results: dict, lat_qps: int) -> list[str]:
-    """What a reader of the table must know: unexpected rcodes, looped files, losses, saturation."""
+    """What a reader of the table must know: the summaries' notes, and saturation in the split layout."""
     lines = []
     for name, v in results.items():
         found = []
         for kind in ("nsd", "dnsd"):
             s = v[kind]
-            if not s["rcodes_as_expected"]:
-                found.append(f"{kind}: rcodes differ from the query mix")
-            if s["looped"]:
-                found.append(f"{kind}: dnsperf read past the end of the query file")
+            found += [f"{kind}: {note}" for note in summary_notes(s, lat_qps)]
             if v["layout"] == "split":
                 found.append(
                     f"{kind}: server {s['server_cpu_pct']:.0f}%, dnsperf {s['dnsperf_cpu_pct']:.0f}% of a core"
                 )
-            if s["lost"]:
-                found.append(f"{kind}: {s['lost']} queries lost")
-            if s.get("lat_lost"):
-                found.append(f"{kind}: {s['lat_lost']} queries lost at {lat_qps}/s")
-            if s["clean_runs"] < s["runs"]:
-                found.append(f"{kind}: {s['runs'] - s['clean_runs']} dirty run(s) kept (no retries left)")
         if v["layout"] == "split" and v["nsd"]["dnsperf_cpu_pct"] >= 95:
             found.append("NSD is bound by dnsperf here, so this ratio flatters dnsd")
         if found:
@@ -983,20 +1022,16 @@ def event_loop() -> str:
     return "uvloop"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shorter runs (about 2 minutes in all)")
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the dnsperf runs, shared with bench/under_changes.py; `run_times` resolves their defaults."""
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer reruns")
     parser.add_argument("--secs", type=float, help="seconds per full-speed run (default 6, quick 2)")
     parser.add_argument("--lat-secs", type=float, help="seconds per fixed-rate latency run (default 4, quick 1)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per run (default 1, quick 0.5)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per server and variant")
     parser.add_argument("--lat-qps", type=int, default=10_000, help="query rate of the latency runs")
-    parser.add_argument(
-        "--variants", default=None, help=f"comma-separated, of {','.join(VARIANTS)} (default all; quick: not split)"
-    )
     parser.add_argument("--services", type=int, default=1_000, help="dual-stack Services (and as many IPv4-only)")
     parser.add_argument("--dirty-limit", type=float, default=10.0, help="%% of a core used by others: run is dirty")
-    parser.add_argument("--retries", type=int, default=None, help="reruns of dirty runs in all (default 6, quick 1)")
+    parser.add_argument("--retries", type=int, default=None, help="reruns of dirty runs in all (default 6)")
     parser.add_argument("--budget", type=float, default=None, help="no reruns after this many seconds")
     parser.add_argument(
         "--settle",
@@ -1005,16 +1040,32 @@ def main() -> int:
         help="most seconds to wait for quiet CPUs before a run (default 3, quick 1)",
     )
     parser.add_argument("--seed", type=int, default=20261126)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_nsd.json"))
-    parser.add_argument("--keep", action="store_true", help="keep the generated files (path printed)")
-    args = parser.parse_args()
+
+
+def run_times(args: argparse.Namespace) -> tuple[float, float, float, float]:
+    """Seconds of the full-speed run, the fixed-rate run, the warm-up, and the most to wait for quiet CPUs."""
     quick = args.quick
     secs = args.secs or (2.0 if quick else 6.0)
     lat_secs = args.lat_secs or (1.0 if quick else 4.0)
     warmup = args.warmup or (0.5 if quick else 1.0)
+    settle_s = args.settle if args.settle is not None else (1.0 if quick else 3.0)
+    return secs, lat_secs, warmup, settle_s
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--runs", type=int, default=3, help="runs per server and variant")
+    parser.add_argument(
+        "--variants", default=None, help=f"comma-separated, of {','.join(VARIANTS)} (default all; quick: not split)"
+    )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_nsd.json"))
+    parser.add_argument("--keep", action="store_true", help="keep the generated files (path printed)")
+    args = parser.parse_args()
+    quick = args.quick
+    secs, lat_secs, warmup, settle_s = run_times(args)
     retries = args.retries if args.retries is not None else (1 if quick else 6)
     budget = args.budget or (110 if quick else 540)
-    settle_s = args.settle if args.settle is not None else (1.0 if quick else 3.0)
     names = args.variants.split(",") if args.variants else [v for v in VARIANTS if not (quick and v == "split")]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -1174,16 +1225,22 @@ def bench(args, names, tools, workdir, times, retries, budget, began) -> int:
     text = table(results)
     report["table"] = text
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print()
-    print(
+    title = (
         f"dnsd vs NSD {report['date']}, median of {args.runs} runs each, alternating; server and dnsperf "
         f"both on CPU 0 (split: server on CPU 1); latency at {args.lat_qps:,} queries/s; memo: {MEMO}"
     )
+    print_report(title, text, report, out)
+    return 0
+
+
+def print_report(title: str, text: str, report: dict, out: Path) -> None:
+    """The end of a benchmark's output: what was measured, the table, the notes, where the JSON went."""
+    print()
+    print(title)
     print(text)
     for line in report["notes"]:
         print(f"  {line}")
     print(f"written {out} ({report['elapsed_s']} s)")
-    return 0
 
 
 if __name__ == "__main__":
