@@ -301,6 +301,8 @@ class Index:
         )
         """Per serial step, each zone's removed and added records (IXFR); empty unless journal > 0."""
         self._journal_size = journal
+        self._complete_step = True
+        """Whether every change of the serial step under way was noted (see `_note_change`)."""
         self._touched: dict[bytes, Node | None] = {}
         """Names changed since the serial last moved, with what they served before (journal only)."""
         # A cluster has a pod name and an endpoint name per pod. A node for each would cost more
@@ -322,6 +324,7 @@ class Index:
         self._refresh_soa()
         self.dirty = False
         self._touched.clear()
+        self._complete_step = True
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -337,6 +340,15 @@ class Index:
                 return None
             pos += length + 1
         return None
+
+    def _note_change(self, name: bytes, before: Node | None) -> None:
+        """Keep what name served before this serial step, for the journal. A change made while
+        the data is not synced makes the step incomplete: that step is not journaled (it would
+        hold the whole zone, and no secondary can hold a serial from before the sync)."""
+        if not self.synced:
+            self._complete_step = False
+        elif name not in self._touched:
+            self._touched[name] = before
 
     def __len__(self) -> int:
         return len(self.nodes) + self._rendered_count * len(self._forward)
@@ -460,10 +472,11 @@ class Index:
         """Account for a change of a name answered from the tables (no addresses: no such name)."""
         if self._journal_size and name not in self._touched:
             ttl, addresses = before
-            self._touched[name] = (
+            self._note_change(
+                name,
                 None
-                if addresses is None
-                else address_node(name, addresses, ttl, self._zone_of(name), self.config.max_answers, ("", "", ""))
+                if addresses is None or not self.synced
+                else address_node(name, addresses, ttl, self._zone_of(name), self.config.max_answers, ("", "", "")),
             )
         self.dirty = True
         self.generation += 1
@@ -480,10 +493,11 @@ class Index:
             return False
         old_serial = self.serial
         self.serial = max((self.serial + 1) & 0xFFFFFFFF, int(now) & 0xFFFFFFFF)
-        if self._journal_size:
+        if self._journal_size and self._complete_step:
             self._journal.append((old_serial, self.serial, self._deltas()))
         self._set_owner(STATIC, static_contribution(self.config, self.serial), (-1, "", ""))
         self._touched.clear()
+        self._complete_step = True
         self._refresh_soa()
         self.dirty = False
         if self.on_serial is not None:
@@ -502,8 +516,10 @@ class Index:
         slice at a time sends one consistent version whatever changes meanwhile."""
         self.advance_serial(now)
         serial, nodes = self.serial, self.nodes.copy()
-        pods = [pod for by_name in self._named_pods.values() for pod in by_name.values()]
-        tables = [(ns, name, table) for ns, by_name in self._endpoint_names.items() for name, table in by_name.items()]
+        # Copies made in C, a dict per namespace: a copy of 100,000 pods one by one would hold
+        # the loop for tens of milliseconds. Records and tables are immutable, so this is enough.
+        pods = [by_name.copy() for by_name in self._named_pods.values()]
+        tables = [(ns, by_name.copy()) for ns, by_name in self._endpoint_names.items()]
         zone = self.zones[apex]
 
         def rendered(name: bytes, data: NameData) -> Iterator[RR]:
@@ -525,12 +541,12 @@ class Index:
                         yield rr
             if apex not in self._forward:
                 return
-            for pod in pods:
+            for pod in (pod for by_name in pods for pod in by_name.values()):
                 data = pod_address_data(pod, self.config)
                 name = join(label(pod.name), label(pod.namespace), b"\x03pod", apex)
                 if name is not None:
                     yield from rendered(name, data)
-            for namespace, service, table in tables:
+            for namespace, service, table in ((ns, name, t) for ns, by_name in tables for name, t in by_name.items()):
                 middle = label(service) + label(namespace) + b"\x03svc"
                 for endpoint_label in table.addresses:
                     name = join(label(endpoint_label), middle, apex)
@@ -654,7 +670,7 @@ class Index:
         if node is None and not had_data:
             return
         if self._journal_size and name not in self._touched:
-            self._touched[name] = previous if had_data else None
+            self._note_change(name, previous if had_data else None)
         self.dirty = True
         self.generation += 1
         self.record_count += (node.record_count if node else 0) - (previous.record_count if had_data else 0)  # type: ignore[union-attr]

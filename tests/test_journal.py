@@ -139,3 +139,27 @@ def test_no_journal_by_default_and_serial_callback() -> None:
     )
     assert index.advance_serial(1_700_000_100)
     assert seen == [index.serial] and index.changes_since(APEX, 1_700_000_000, 1_700_000_100) is None
+
+
+def test_the_step_that_holds_the_initial_sync_is_not_journaled() -> None:
+    """Data loaded before the sync would make one journal step of the whole zone; no secondary
+    can hold a serial from before the sync, so that step is left out (such a client gets AXFR)."""
+    index = Index(make_config(), now=1_700_000_000, journal=10)
+    store = Store()
+    for record in (
+        service_from(service("web")),
+        endpoint_slice_from(endpoint_slice("web-x", "web", endpoint("2001:db8::1")), POLICY),
+    ):
+        index.update(store.apply(Upsert(record)), store)
+    unsynced = index.serial
+    store.apply(Synced())
+    index.synced = True
+    assert index.advance_serial(1_700_000_010)
+    synced = index.serial
+    assert index.changes_since(APEX, unsynced, 1_700_000_010) is None
+    index.update(store.apply(Delete("Service", "default", "web")), store)
+    assert index.advance_serial(1_700_000_020)
+    steps = index.changes_since(APEX, synced, 1_700_000_020)
+    assert steps is not None and len(steps) == 1
+    assert {rr[0] for rr in steps[0][2]} == {b"\x03web\x07default\x03svc" + APEX}
+    assert steps[0][3] == ()
