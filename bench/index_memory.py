@@ -27,24 +27,28 @@ from conftest import make_config  # noqa: E402
 from k8s import endpoint, endpoint_slice, pod, service  # noqa: E402
 
 from dnsd.names import AddressPolicy  # noqa: E402
-from dnsd.records import Resync, endpoint_slice_from, pod_from, service_from  # noqa: E402
+from dnsd.records import (  # noqa: E402
+    EndpointSlice,
+    Pod,
+    Resync,
+    Service,
+    endpoint_slice_from,
+    pod_from,
+    service_from,
+)
 from dnsd.store import Store  # noqa: E402
 from dnsd.zone import Index  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--services", type=int, default=1000)
-    parser.add_argument("--pods-per-service", type=int, default=10)
-    args = parser.parse_args()
-    policy = AddressPolicy()
-    objects = args.services * (args.pods_per_service + 2)
-    tracemalloc.start()
+def sample_records(
+    service_count: int, pods_per_service: int, policy: AddressPolicy
+) -> tuple[list[Service], list[EndpointSlice], list[Pod]]:
+    """Services in 50 namespaces, each with one IPv6 EndpointSlice of ready pods named svc-S-P."""
     services, slices, pods = [], [], []
-    for s in range(args.services):
+    for s in range(service_count):
         namespace = f"ns-{s % 50}"
         endpoints = []
-        for p in range(args.pods_per_service):
+        for p in range(pods_per_service):
             address, name = f"2001:db8:{s:x}::{p + 1:x}", f"svc-{s}-{p}"
             endpoints.append(endpoint(address, pod=name))
             created = f"2026-11-01T10:{(s * 7 + p) % 60:02d}:{p % 60:02d}Z"
@@ -53,6 +57,22 @@ def main() -> None:
         slices.append(
             endpoint_slice_from(endpoint_slice(f"svc-{s}-x", f"svc-{s}", *endpoints, namespace=namespace), policy)
         )
+    return services, slices, pods
+
+
+def sample_arguments(description: str | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--pods-per-service", type=int, default=10)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = sample_arguments(__doc__)
+    policy = AddressPolicy()
+    objects = args.services * (args.pods_per_service + 2)
+    tracemalloc.start()
+    services, slices, pods = sample_records(args.services, args.pods_per_service, policy)
     gc.collect()
     records = tracemalloc.get_traced_memory()[0]
     store, index = Store(), Index(make_config(("gua.example.com.",)), now=time.time())
