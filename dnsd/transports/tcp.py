@@ -32,10 +32,12 @@ log = logging.getLogger("dnsd.tcp")
 
 Responder = Callable[[bytes], bytes | None]
 WRITE_HIGH_WATER = 64 * 1024
+"""Buffered replies per connection before waiting for the client to read (one largest message)."""
 LISTEN_BACKLOG = 1024
 """Connections the kernel completes before dnsd accepts them. asyncio's default of 100 made
 new connections wait 1 s (a SYN retry) whenever more than 100 arrived at once."""
-"""Buffered replies per connection before waiting for the client to read (one largest message)."""
+SWEEP_EVERY = 0.25
+"""Longest time between checks for connections idle past the timeout."""
 
 
 def open_socket(listen: Listen) -> socket.socket:
@@ -97,6 +99,11 @@ class TcpListener:
         self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         """Connections waiting on their client, longest first: closing one loses at most a query
         the client has not finished sending, or replies it does not read."""
+        self._waiting: dict[asyncio.Task[None], float] = {}
+        """When each connection waiting for a query (or the rest of one) began, longest first.
+        A timer sweeps those past the idle timeout: an `asyncio.timeout` per read cost 3.3 us,
+        twice per query, a third of what a TCP query cost in all."""
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def address(self) -> tuple:
@@ -110,11 +117,34 @@ class TcpListener:
         raise_open_files_limit(self.max_connections + 256)
         # asyncio listens on the socket again, with its own default backlog unless told
         self._server = await asyncio.start_server(self._serve, sock=self.sock, backlog=LISTEN_BACKLOG)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_interval, self._sweep)
+
+    @property
+    def _sweep_interval(self) -> float:
+        return min(SWEEP_EVERY, self.idle_timeout / 4)
+
+    def _sweep(self) -> None:
+        """Close the connections that have waited on their client longer than the timeout."""
+        loop = asyncio.get_running_loop()
+        began_before = loop.time() - self.idle_timeout
+        expired = []
+        for task, began in self._waiting.items():  # longest first: stop at the first in time
+            if began > began_before:
+                break
+            expired.append(task)
+        for task in expired:
+            del self._waiting[task]
+            writer = self._idle.pop(task, None)
+            if writer is not None:
+                writer.close()  # the pending read ends as a clean close
+        self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, end idle connections, let busy ones finish within timeout, then cut them."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for writer in list(self._idle.values()):
             writer.close()  # its read ends as a clean close
         if self._connections:
@@ -133,6 +163,7 @@ class TcpListener:
             # The longest-idle connection makes room; its read then ends as a clean close.
             longest_idle = next(iter(self._idle))
             self._idle.pop(longest_idle).close()
+            self._waiting.pop(longest_idle, None)
             self._connections.discard(longest_idle)
             self.evicted += 1
         task = asyncio.current_task()
@@ -159,20 +190,22 @@ class TcpListener:
         assert task is not None
         peer = writer.get_extra_info("peername") or ("",)
         ipv6 = ":" in peer[0] and not peer[0].startswith("::ffff:")
+        clock = asyncio.get_running_loop().time
         while True:
             # Waiting on the client (for a query, or below for room for replies) makes the
-            # connection evictable; a client that stops halfway (slowloris) times out.
+            # connection evictable; a client that stops halfway (slowloris) is swept at the
+            # timeout, which counts from the start of the query's length prefix.
             self._idle[task] = writer
+            self._waiting[task] = clock()
             try:
-                async with asyncio.timeout(self.idle_timeout):
-                    prefix = await reader.readexactly(2)
+                prefix = await reader.readexactly(2)
                 length = int.from_bytes(prefix, "big")
                 if length == 0:
                     return
-                async with asyncio.timeout(self.idle_timeout):
-                    query = await reader.readexactly(length)
+                query = await reader.readexactly(length)
             finally:
                 self._idle.pop(task, None)
+                self._waiting.pop(task, None)
             if self.transfer is not None and self.transfer.claims(query):
                 await self.transfer.serve(query, peer[0], writer)
                 continue
