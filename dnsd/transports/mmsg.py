@@ -28,6 +28,7 @@ SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 CONTROL_SIZE = 64  # room for one IPV6_PKTINFO or IP_PKTINFO message
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _SOCKADDR_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}
 _CMSG_HEADER = struct.Struct("@NiI")  # cmsg_len, cmsg_level, cmsg_type (int, padded to 16 bytes on LP64)
 
@@ -161,6 +162,15 @@ class DatagramBatch:
         start = i * self.size
         return self._data[start : start + length].tobytes()
 
+    def sender(self, i: int) -> tuple[int, bool]:
+        """The i-th sender's port and whether it is a real IPv6 sender, without copying its
+        address out (a reply only needs the index: `queue_reply` points at the address)."""
+        names, start = self._name_bytes, i * SOCKADDR_SIZE
+        port = names[start + 2] << 8 | names[start + 3]
+        if names[start] != socket.AF_INET6:
+            return port, False
+        return port, names[start + 8 : start + 20] != _V4_MAPPED
+
     def peer(self, i: int) -> bytes:
         """The i-th sender as a raw sockaddr (family, port, address)."""
         length = self._recv_words[i * _MMSG_WORDS + _NAMELEN] & 0xFFFFFFFF
@@ -220,15 +230,6 @@ class DatagramBatch:
                 sent = 1
             sent_total += sent
         return 0
-
-
-def peer_is_ipv6(peer: bytes) -> bool:
-    """Whether a raw sockaddr is a real IPv6 sender (not an IPv4 one on a dual-stack socket)."""
-    return peer[0] == socket.AF_INET6 and peer[8:20] != b"\0" * 10 + b"\xff\xff"
-
-
-def peer_port(peer: bytes) -> int:
-    return peer[2] << 8 | peer[3]
 
 
 def peer_host(peer: bytes) -> str:

@@ -134,19 +134,19 @@ class UdpListener:
             self.received += received
             for i in range(received):
                 data = batch.datagram(i)
-                peer = batch.peer(i)
-                if data is None or mmsg.peer_port(peer) == 0:  # longer than any DNS message; port 0: a reflection
+                port, ipv6 = batch.sender(i)
+                if data is None or port == 0:  # longer than any DNS message; port 0: a reflection
                     continue
                 started = perf_counter_ns()
                 if transfer is not None and transfer.claims(data):
-                    reply = transfer.respond(data, mmsg.peer_host(peer))
+                    reply = transfer.respond(data, mmsg.peer_host(batch.peer(i)))
                 else:
                     reply = respond(data)
-                record(mmsg.peer_is_ipv6(peer), data, reply, perf_counter_ns() - started)
+                record(ipv6, data, reply, perf_counter_ns() - started)
                 if reply is None:
                     continue
                 if rrl is not None:
-                    reply = rrl.limit(mmsg.peer_host(peer), reply)
+                    reply = rrl.limit(mmsg.peer_host(batch.peer(i)), reply)
                     if reply is None:
                         continue
                 if not batch.queue_reply(i, reply):
