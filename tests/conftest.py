@@ -92,6 +92,22 @@ def rrsets_text(section: Sequence[dns.rrset.RRset]) -> set[str]:
     return lines
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after timeout: for the servers the tests start (not dnsd)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def read_log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def free_port() -> int:
     import socket
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import dns.exception
 import dns.message
 import dns.query
 import dns.rdatatype
-from conftest import free_port
+from conftest import free_port, read_log, stop_process
 
 
 @dataclass(frozen=True)
@@ -65,17 +64,10 @@ class Secondary:
         return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def ask(self, name: str, qtype: str | int, *, tries: int = 3) -> dns.message.Message:
         query = dns.message.make_query(name, qtype, use_edns=True)

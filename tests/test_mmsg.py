@@ -67,25 +67,6 @@ def test_a_batch_receives_every_datagram_and_answers_each_sender() -> None:
             client.close()
 
 
-def test_peers_are_raw_sockaddrs() -> None:
-    server = _server(socket.AF_INET6, "::")
-    batch = mmsg.DatagramBatch(server, count=4, size=512)
-    v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    try:
-        port = server.getsockname()[1]
-        v4.sendto(b"four", ("127.0.0.1", port))
-        v6.sendto(b"six", ("::1", port))
-        peers: dict[bytes, bytes] = {}
-        while len(peers) < 2:
-            for i in range(batch.receive()):
-                peers[batch.datagram(i)] = batch.peer(i)  # type: ignore[index]
-        assert mmsg.peer_host(peers[b"four"]) == "::ffff:127.0.0.1" and mmsg.peer_host(peers[b"six"]) == "::1"
-    finally:
-        for sock in (server, v4, v6):
-            sock.close()
-
-
 @pytest.mark.parametrize(
     ("family", "wildcard", "client_family", "target"),
     [
@@ -129,7 +110,7 @@ def test_a_datagram_longer_than_the_buffer_is_flagged() -> None:
         client.close()
 
 
-def test_sender_reads_port_and_family_in_place() -> None:
+def test_senders_are_read_in_place_and_as_raw_sockaddrs() -> None:
     server = _server(socket.AF_INET6, "::")
     batch = mmsg.DatagramBatch(server, count=4, size=512)
     v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -138,11 +119,14 @@ def test_sender_reads_port_and_family_in_place() -> None:
         port = server.getsockname()[1]
         v4.sendto(b"four", ("127.0.0.1", port))
         v6.sendto(b"six", ("::1", port))
-        senders: dict[bytes, tuple[int, bool]] = {}
+        senders: dict[bytes, tuple[tuple[int, bool], str]] = {}
         while len(senders) < 2:
             for i in range(batch.receive()):
-                senders[batch.datagram(i)] = batch.sender(i)  # type: ignore[index]
-        assert senders == {b"four": (v4.getsockname()[1], False), b"six": (v6.getsockname()[1], True)}
+                senders[batch.datagram(i)] = (batch.sender(i), mmsg.peer_host(batch.peer(i)))  # type: ignore[index]
+        assert senders == {
+            b"four": ((v4.getsockname()[1], False), "::ffff:127.0.0.1"),
+            b"six": ((v6.getsockname()[1], True), "::1"),
+        }
     finally:
         for sock in (server, v4, v6):
             sock.close()

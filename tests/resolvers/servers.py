@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import free_port
+from conftest import free_port, read_log, stop_process
 
 START_TIMEOUT = 20.0
 ROOT_HINTS = ". 3600000 NS a.root-servers.net.\na.root-servers.net. 3600000 A 127.0.0.254\n"
@@ -92,17 +92,10 @@ class Resolver:
         raise AssertionError(f"{self.description} not listening on {self.port} after {START_TIMEOUT}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def log_problems(self) -> list[str]:
         return [line for line in self.log().splitlines() if self.log_warning.search(line)]
