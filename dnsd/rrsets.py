@@ -220,10 +220,6 @@ class EndpointNames:
     ttl: int
     addresses: Mapping[str, tuple[bytes, ...]]
 
-    def data(self, endpoint_label: str) -> NameData | None:
-        addresses = self.addresses.get(endpoint_label)
-        return None if addresses is None else _address_rrsets(addresses, self.ttl)
-
 
 def service_contribution(
     service: Service | None, store: Store, config: Config, *, endpoint_table: bool = False

@@ -37,14 +37,14 @@ from prometheus_client.core import CounterMetricFamily
 
 from dnsd import wire
 from dnsd.config import IPNetwork
-from dnsd.zone import RR, Index
+from dnsd.wire import AA, AXFR, COUNTS, FORMERR, IXFR, NOERROR, QR, RD, REFUSED, SERVFAIL
+from dnsd.zone import RR, RR_FIXED, Index
 
 log = logging.getLogger("dnsd.transfer")
 
-AXFR, IXFR, SOA, TSIG = 252, 251, 6, 250
+SOA, TSIG = 6, 250
 CLASS_IN, CLASS_ANY = 1, 255
-NOERROR, FORMERR, SERVFAIL, REFUSED, NOTAUTH = 0, 1, 2, 5, 9
-QR, AA, RD = 0x80, 0x04, 0x01
+NOTAUTH = 9
 MESSAGE_TARGET = 16 * 1024
 """A message is closed once it passes this size (RFC 5936 allows 64 KiB; smaller messages let
 the loop breathe between them and cost one TSIG each)."""
@@ -54,8 +54,6 @@ WRITE_HIGH_WATER = 256 * 1024
 STALL_TIMEOUT = 30.0
 """Seconds a transfer waits for the client to read before the connection is given up."""
 TSIG_FUDGE = 300
-RR_HEAD = struct.Struct("!HHIH")
-COUNTS = struct.Struct("!HHHH")
 _TSIG_TAIL = b"\x00\xfa\x00\xff\x00\x00\x00\x00"
 """Type TSIG, class ANY, TTL 0: how a TSIG record looks after its owner name."""
 
@@ -118,10 +116,6 @@ def serial_newer(a: int, b: int) -> bool:
     return a != b and (a - b) & 0xFFFFFFFF < 0x80000000
 
 
-def _header(qid: bytes, flags1: int, rcode: int, qd: int, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
-    return qid + bytes((flags1, rcode)) + COUNTS.pack(qd, an, ns, ar)
-
-
 class Signer:
     """Signs a response, or each message of a multi-message response, for one request."""
 
@@ -147,7 +141,7 @@ class Signer:
 def _append_tsig(message: bytes, key_name: dns.name.Name, rdata: dns.rdtypes.ANY.TSIG.TSIG) -> bytes:
     rd = rdata.to_wire()
     assert rd is not None
-    record = key_name.to_wire() + RR_HEAD.pack(TSIG, CLASS_ANY, 0, len(rd)) + rd
+    record = key_name.to_wire() + RR_FIXED.pack(TSIG, CLASS_ANY, 0, len(rd)) + rd
     arcount = int.from_bytes(message[10:12], "big") + 1
     return message[:10] + arcount.to_bytes(2, "big") + message[12:] + record
 
@@ -156,7 +150,7 @@ def _unsigned_error(qid: bytes, flags1: int, question: bytes, tsig: dns.rrset.RR
     """NOTAUTH with a TSIG error and an empty MAC (RFC 8945 §5.3.2: BADKEY, BADSIG)."""
     request = tsig[0]
     rdata = request.replace(mac=b"", error=error, other=b"")
-    message = _header(qid, flags1, NOTAUTH, 1 if question else 0) + question
+    message = wire.header(qid, flags1, NOTAUTH, qd=1 if question else 0) + question
     return _append_tsig(message, tsig.name, rdata)
 
 
@@ -203,7 +197,7 @@ def build_messages(
     head = 12 + len(question)
     for owner, rdtype, ttl, rdata in records:
         encoded = compressor.encode(owner, head + size)
-        record = encoded + RR_HEAD.pack(rdtype, CLASS_IN, ttl, len(rdata)) + rdata
+        record = encoded + RR_FIXED.pack(rdtype, CLASS_IN, ttl, len(rdata)) + rdata
         parts.append(record)
         count += 1
         size += len(record)
@@ -211,7 +205,7 @@ def build_messages(
             yield None
         if head + size >= target:
             yield (
-                _header(qid, flags1, NOERROR, 1 if first else 0, an=count, ar=1 if opt else 0)
+                wire.header(qid, flags1, NOERROR, an=count, ar=1 if opt else 0, qd=1 if first else 0)
                 + (question if first else b"")
                 + b"".join(parts)
                 + opt
@@ -220,7 +214,7 @@ def build_messages(
             compressor = Compressor()
     if parts or first:
         yield (
-            _header(qid, flags1, NOERROR, 1 if first else 0, an=count, ar=1 if opt else 0)
+            wire.header(qid, flags1, NOERROR, an=count, ar=1 if opt else 0, qd=1 if first else 0)
             + (question if first else b"")
             + b"".join(parts)
             + opt
@@ -372,7 +366,7 @@ class Transfers:
             self.stats.requests[("other", "servfail")] += 1
             if len(query) < 12 or query[2] & QR:
                 return None
-            return _header(query[:2], QR | (query[2] & RD), SERVFAIL, 0)
+            return wire.header(query[:2], QR | (query[2] & RD), SERVFAIL, qd=0)
 
     def decide(self, query: bytes, host: str, *, tcp: bool) -> bytes | Plan | None:
         """What to answer: a response, a transfer to stream, or None to drop."""
@@ -386,9 +380,9 @@ class Transfers:
             return None
         except Exception:
             self.stats.requests[("other", "formerr")] += 1
-            return _header(qid, QR | (query[2] & RD), FORMERR, 0)
+            return wire.header(qid, QR | (query[2] & RD), FORMERR, qd=0)
         flags1 = QR | AA | (query[2] & RD)
-        question = _question(message)
+        question = wire.question_of(message)
         qtype = message.question[0].rdtype if len(message.question) == 1 else None
         kind = "axfr" if qtype == AXFR else "ixfr" if qtype == IXFR else "other"
         opt = b"" if message.edns < 0 else wire.OPT_DO if message.ednsflags & 0x8000 else wire.OPT_PLAIN
@@ -403,7 +397,7 @@ class Transfers:
         def error(rcode: int, result: str) -> bytes:
             self.stats.requests[(kind, result)] += 1
             flags = flags1 & ~AA if rcode == REFUSED else flags1
-            response = _header(qid, flags, rcode, 1 if question else 0, ar=1 if opt else 0) + question + opt
+            response = wire.header(qid, flags, rcode, ar=1 if opt else 0, qd=1 if question else 0) + question + opt
             return signer.sign(response) if signer is not None else response
 
         if qtype not in (AXFR, IXFR):
@@ -471,7 +465,7 @@ class Transfers:
             dns.message.from_wire(query, keyring={key.name: key}, ignore_trailing=False)
         except dns.tsig.BadTime:
             signer = Signer(key, tsig[0])
-            response = _header(qid, flags1, NOTAUTH, 1 if question else 0) + question
+            response = wire.header(qid, flags1, NOTAUTH, qd=1 if question else 0) + question
             return signer.sign(response, dns.rcode.BADTIME, struct.pack("!Q", int(time.time()))[2:])
         except (dns.tsig.BadSignature, dns.tsig.BadKey, dns.tsig.BadAlgorithm, dns.exception.DNSException):
             log.info("TSIG with key %s does not verify: BADSIG", tsig.name)
@@ -508,13 +502,6 @@ def _accept_any_tsig(_message: dns.message.Message, _name: dns.name.Name) -> boo
     return False
 
 
-def _question(message: dns.message.Message) -> bytes:
-    if not message.question:
-        return b""
-    rrset = message.question[0]
-    return rrset.name.to_wire() + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
-
-
 def _client_serial(message: dns.message.Message, apex: dns.name.Name) -> int | None:
     """The serial of the SOA an IXFR query carries in its authority section (RFC 1995 §3)."""
     for rrset in message.authority:
@@ -545,6 +532,6 @@ def _signed_within(reply: bytes, signer: Signer, tcp: bool, message: dns.message
         limit = wire.UDP_MINIMUM
     if len(signed) <= limit:
         return signed
-    question = _question(message)
+    question = wire.question_of(message)
     truncated = reply[:2] + bytes((reply[2] | 0x02, reply[3])) + COUNTS.pack(1 if question else 0, 0, 0, 0)
     return signer.sign(truncated + question)

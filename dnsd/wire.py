@@ -127,7 +127,8 @@ def _well_formed_name(wire: bytes) -> bool:
     return pos == last
 
 
-def _header(qid: bytes, flags1: int, flags2: int, an: int = 0, ns: int = 0, ar: int = 0, qd: int = 1) -> bytes:
+def header(qid: bytes, flags1: int, flags2: int, an: int = 0, ns: int = 0, ar: int = 0, qd: int = 1) -> bytes:
+    """A message header: ID, flags (the second byte holds the rcode), section counts."""
     return qid + bytes((flags1, flags2)) + COUNTS.pack(qd, an, ns, ar)
 
 
@@ -151,13 +152,13 @@ def _answer(
     if node is None:
         zone = index.zone_for(lowered)
         if zone is None:
-            return _header(qid, QR | rd, cd | REFUSED, ar=extra) + question + opt
+            return header(qid, QR | rd, cd | REFUSED, ar=extra) + question + opt
         rcode = NXDOMAIN
     else:
         zone = node.zone
         rcode = NOERROR
     if not index.synced:
-        return _header(qid, QR | rd, cd | SERVFAIL, ar=extra) + question + opt
+        return header(qid, QR | rd, cd | SERVFAIL, ar=extra) + question + opt
     answer = None
     if node is not None:
         # Node.get, inlined: this runs for every query
@@ -171,23 +172,23 @@ def _answer(
             answer = node.any if qtype == ANY else node.cname
     if answer is None:
         soa = POINTER.pack(0xC00C + len(lowered) - len(zone.apex_wire)) + zone.negative_soa
-        response = _header(qid, QR | AA | rd, cd | rcode, ns=1, ar=extra) + question + soa + opt
+        response = header(qid, QR | AA | rd, cd | rcode, ns=1, ar=extra) + question + soa + opt
         if len(response) <= limit:
             return response
-        return _header(qid, QR | AA | TC | rd, cd | rcode, ar=extra) + question + opt
+        return header(qid, QR | AA | TC | rd, cd | rcode, ar=extra) + question + opt
     records = answer.section(next(_turn) % answer.count if answer.count > 1 else 0)
     size = 12 + len(question) + len(records) + len(opt)
     if size + len(answer.additional) <= limit:
         return (
-            _header(qid, QR | AA | rd, cd, an=answer.window, ar=answer.additional_count + extra)
+            header(qid, QR | AA | rd, cd, an=answer.window, ar=answer.additional_count + extra)
             + question
             + records
             + answer.additional
             + opt
         )
     if size <= limit:
-        return _header(qid, QR | AA | rd, cd, an=answer.window, ar=extra) + question + records + opt
-    return _header(qid, QR | AA | TC | rd, cd, ar=extra) + question + opt
+        return header(qid, QR | AA | rd, cd, an=answer.window, ar=extra) + question + records + opt
+    return header(qid, QR | AA | TC | rd, cd, ar=extra) + question + opt
 
 
 def _careful(query: bytes, index: Index, tcp: bool) -> bytes | None:
@@ -195,7 +196,7 @@ def _careful(query: bytes, index: Index, tcp: bool) -> bytes | None:
     if len(query) < 12 or query[2] & QR:
         return None
     if query[2] & 0x78:  # any opcode but QUERY, whatever follows the header
-        return _header(query[:2], QR | (query[2] & 0x78), NOTIMP, qd=0)
+        return header(query[:2], QR | (query[2] & 0x78), NOTIMP, qd=0)
     if not _frames_exactly(query):
         return _formerr(query)
     try:
@@ -210,14 +211,14 @@ def _careful(query: bytes, index: Index, tcp: bool) -> bytes | None:
     do = None if message.edns < 0 else bool(message.ednsflags & dns.flags.DO)
     if message.edns > 0:
         badvers = OPT_BADVERS + (b"\x80\x00" if do else b"\x00\x00") + b"\x00\x00"
-        question = _question(message)
-        return _header(qid, QR | rd, cd, ar=1, qd=1 if question else 0) + question + badvers
+        question = question_of(message)
+        return header(qid, QR | rd, cd, ar=1, qd=1 if question else 0) + question + badvers
     if len(message.question) != 1:
         return _formerr(query, do)
-    question = _question(message)
+    question = question_of(message)
     rrset = message.question[0]
     if rrset.rdclass != dns.rdataclass.IN or rrset.rdtype in (AXFR, IXFR):
-        return _header(qid, QR | rd, cd | REFUSED, ar=0 if do is None else 1) + question + _opt(do)
+        return header(qid, QR | rd, cd | REFUSED, ar=0 if do is None else 1) + question + _opt(do)
     if rrset.rdtype == OPT:
         return _formerr(query, do)
     limit = TCP_MAXIMUM if tcp else _udp_limit(None if do is None else message.payload)
@@ -277,7 +278,8 @@ def _name_end(message: bytes, pos: int) -> int:
     return -1
 
 
-def _question(message: dns.message.Message) -> bytes:
+def question_of(message: dns.message.Message) -> bytes:
+    """The question section of a parsed message in wire form, as it was sent (b"" if none)."""
     if not message.question:
         return b""
     rrset = message.question[0]
@@ -285,7 +287,7 @@ def _question(message: dns.message.Message) -> bytes:
 
 
 def _formerr(query: bytes, do: bool | None = None) -> bytes:
-    return _header(query[:2], QR | (query[2] & (0x78 | RD)), FORMERR, ar=0 if do is None else 1, qd=0) + _opt(do)
+    return header(query[:2], QR | (query[2] & (0x78 | RD)), FORMERR, ar=0 if do is None else 1, qd=0) + _opt(do)
 
 
 def respond_safely(query: bytes, index: Index, *, tcp: bool = False) -> bytes | None:
@@ -296,4 +298,4 @@ def respond_safely(query: bytes, index: Index, *, tcp: bool = False) -> bytes | 
         log.exception("internal error answering a query; sent SERVFAIL")
         if len(query) < 12 or query[2] & QR:
             return None
-        return _header(query[:2], QR | (query[2] & (0x78 | RD)), SERVFAIL, qd=0)
+        return header(query[:2], QR | (query[2] & (0x78 | RD)), SERVFAIL, qd=0)

@@ -41,7 +41,6 @@ from dnsd.rrsets import (
     NameData,
     RRset,
     has_own_names,
-    pod_address_data,
     pod_contribution,
     service_contribution,
     soa_rdata,
@@ -522,14 +521,14 @@ class Index:
         tables = [(ns, by_name.copy()) for ns, by_name in self._endpoint_names.items()]
         zone = self.zones[apex]
 
-        def rendered(name: bytes, data: NameData) -> Iterator[RR]:
-            if self.zone_for(name) is not zone:
+        def rendered(labels: bytes, addresses: tuple[bytes, ...], ttl: int, owner: Owner) -> Iterator[RR]:
+            """A pod or endpoint name's records, rendered as a query would have them."""
+            name = join(labels, apex)
+            if name is None or self.zone_for(name) is not zone:
                 return
             node = nodes.get(name)
             if node is None or node.owner is None:
-                for rdtype, rrset in data.items():
-                    for rdata in rrset.rdatas:
-                        yield (name, rdtype, rrset.ttl, rdata)
+                yield from address_node(name, addresses, ttl, zone, self.config.max_answers, owner).rrs(name)
 
         def records() -> Iterator[RR]:
             yield self.soa_record(apex, serial)
@@ -542,16 +541,13 @@ class Index:
             if apex not in self._forward:
                 return
             for pod in (pod for by_name in pods for pod in by_name.values()):
-                data = pod_address_data(pod, self.config)
-                name = join(label(pod.name), label(pod.namespace), b"\x03pod", apex)
-                if name is not None:
-                    yield from rendered(name, data)
+                labels = label(pod.name) + label(pod.namespace) + b"\x03pod"
+                yield from rendered(labels, pod.addresses, self.config.ttl, ("pod", pod.namespace, pod.name))
             for namespace, service, table in ((ns, name, t) for ns, by_name in tables for name, t in by_name.items()):
                 middle = label(service) + label(namespace) + b"\x03svc"
-                for endpoint_label in table.addresses:
-                    name = join(label(endpoint_label), middle, apex)
-                    if name is not None:
-                        yield from rendered(name, table.data(endpoint_label) or {})
+                for endpoint_label, addresses in table.addresses.items():
+                    owner = ("svc", namespace, service)
+                    yield from rendered(label(endpoint_label) + middle, addresses, table.ttl, owner)
 
         return serial, records()
 
