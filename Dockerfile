@@ -8,7 +8,9 @@
 # stages, in a fresh venv, then the ENTRYPOINT as USER from a read-only install), and
 # tests/test_deploy.py runs hadolint on it and checks USER against deploy/'s runAsUser.
 
-FROM python:3.11-slim-bookworm AS build
+# The build stage is the full image: it has the C compiler and headers that dnsd's UDP extension
+# (dnsd/transports/_batch.c) needs; the final stage is slim and gets the built venv.
+FROM python:3.11-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -18,9 +20,11 @@ COPY dnsd/ dnsd/
 # The venv has the same path in both stages: its scripts carry absolute shebangs.
 # pip and setuptools are not needed at run time. Bytecode is compiled here because nothing can
 # be written at run time (read-only root filesystem, non-root user); hash-based .pyc files stay
-# valid whatever the copy does to the files' modification times.
+# valid whatever the copy does to the files' modification times. The extension is optional for
+# pip (dnsd answers in Python without it); the image must have it, so its import is checked.
 RUN python -m venv /opt/dnsd \
  && /opt/dnsd/bin/pip install ".[uvloop]" \
+ && /opt/dnsd/bin/python -c "import dnsd.transports._batch" \
  && /opt/dnsd/bin/pip uninstall -y pip setuptools \
  && /opt/dnsd/bin/python -m compileall -q -f --invalidation-mode checked-hash /opt/dnsd/lib
 

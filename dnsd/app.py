@@ -158,6 +158,7 @@ class Server:
                     self.udp_stats,
                     transfer=self.transfers,
                     rrl=self.rrl,
+                    index=self.index,
                 )
             )
             self.tcp.append(
@@ -171,11 +172,11 @@ class Server:
                 )
             )
         for listener in self.udp:
-            listener.start(batched=self.config.udp_batching)
+            listener.start(self.config.udp_batching)
         for tcp_listener in self.tcp:
             await tcp_listener.start()
         for listener in self.udp:
-            log.info("listening on %s (UDP and TCP)", Listen(*listener.address[:2]))
+            log.info("listening on %s (UDP and TCP; UDP batching: %s)", Listen(*listener.address[:2]), listener.mode)
 
     async def apply(self, event: Event) -> None:
         """Feed one source event through the store into the index.

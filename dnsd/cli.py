@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from dnsd import __version__
 from dnsd.config import (
+    UDP_BATCHING,
     Config,
     ConfigError,
     Listen,
@@ -149,9 +150,11 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         ("--udp-batching",),
-        "read and answer UDP in batches with recvmmsg/sendmmsg where the platform has them",
-        "on|off",
-        default="on",
+        "UDP in batches with recvmmsg/sendmmsg where the platform has them, the common queries "
+        "answered in C (c; python where the extension is not built) or all in Python (python); "
+        "off: one datagram per call",
+        "c|python|off",
+        default="c",
     ),
     Flag(
         ("--rrl",),
@@ -260,6 +263,8 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dic
         raise ConfigError(f"--log-level: {values['log_level']!r} is not one of {', '.join(LOG_LEVELS)}")
     if values["log_format"] not in ("text", "json"):
         raise ConfigError(f"--log-format: {values['log_format']!r} is not text or json")
+    if values["udp_batching"] not in UDP_BATCHING:
+        raise ConfigError(f"--udp-batching: {values['udp_batching']!r} is not one of {', '.join(UDP_BATCHING)}")
 
     def optional(text: str | None, parse: Callable[[str], Any]) -> Any:
         return None if text in (None, "") else parse(text)
@@ -283,7 +288,7 @@ def _load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, dic
         log_format=values["log_format"],
         tcp_idle_timeout=float(parse_int(values["tcp_idle_timeout"], flag="--tcp-idle-timeout", low=1)),
         tcp_max_connections=parse_int(values["tcp_max_connections"], flag="--tcp-max-connections", low=1),
-        udp_batching=parse_bool(values["udp_batching"], flag="--udp-batching"),
+        udp_batching=values["udp_batching"],
         rrl=parse_int(values["rrl"], flag="--rrl", low=0),
         rrl_slip=parse_int(values["rrl_slip"], flag="--rrl-slip", low=0, high=100),
         lameduck=parse_float(values["lameduck"], flag="--lameduck"),

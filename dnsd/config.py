@@ -22,6 +22,9 @@ class ConfigError(ValueError):
     """The configuration is not valid."""
 
 
+UDP_BATCHING = ("c", "python", "off")
+
+
 @dataclass(frozen=True, slots=True)
 class NameServer:
     """One `--ns NAME[=ADDR]`: an apex NS target and, for in-zone targets, its addresses."""
@@ -74,8 +77,10 @@ class Config:
     tcp_idle_timeout: float = 30.0
     """Seconds a TCP connection may stay idle; CoreDNS keeps its pooled connections 10 s."""
     tcp_max_connections: int = 1000
-    udp_batching: bool = True
     """Open TCP connections at most; beyond it the longest-idle connection is closed for a new one."""
+    udp_batching: str = "c"
+    """c: recvmmsg/sendmmsg batches, plain queries answered in C; python: batches answered in Python;
+    off: one datagram per system call (UDP_BATCHING)."""
     rrl: int = 0
     """Response rate limit: UDP responses per second per source network and response; 0 is off."""
     rrl_slip: int = 2

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from dnsd import rrsets
 from dnsd.config import Listen
-from dnsd.stats import COUNTED_TYPES, QueryStats, duration_histogram, size_histogram
+from dnsd.stats import SLOT_TYPES, QueryStats, duration_histogram, size_histogram
 
 if TYPE_CHECKING:
     from dnsd.app import Server
@@ -102,9 +102,10 @@ class ServerCollector(Collector):
         request_size = HistogramMetricFamily("dnsd_dns_request_size_bytes", "Size of queries", labels=["proto"])
         response_size = HistogramMetricFamily("dnsd_dns_response_size_bytes", "Size of responses", labels=["proto"])
         for stats in all_stats:
-            for family, counts in zip(("1", "2"), stats.requests, strict=True):  # CoreDNS: 1 = IPv4, 2 = IPv6
-                for qtype, count in sorted(counts.items()):
-                    requests.add_metric([stats.proto, family, _type_name(qtype)], count)
+            for family, offset in (("1", 0), ("2", len(SLOT_TYPES))):  # CoreDNS: 1 = IPv4, 2 = IPv6
+                for qtype, count in zip(SLOT_TYPES, stats.requests[offset : offset + len(SLOT_TYPES)], strict=True):
+                    if count:
+                        requests.add_metric([stats.proto, family, _type_name(qtype)], count)
             for rcode, count in enumerate(stats.rcodes):
                 if count:
                     responses.add_metric([stats.proto, dns.rcode.to_text(rcode)], count)
@@ -141,12 +142,9 @@ class ServerCollector(Collector):
         yield from (restarts, relists, last, synced)
 
 
-def _type_name(qtype: bytes) -> str:
-    if len(qtype) != 2:
-        return "other"
-    value = int.from_bytes(qtype, "big")
+def _type_name(qtype: int | None) -> str:
     # a bounded label set: well-known types by name, the rest as "other"
-    return dns.rdatatype.to_text(value) if value in COUNTED_TYPES else "other"
+    return "other" if qtype is None else dns.rdatatype.to_text(qtype)
 
 
 class Ops:

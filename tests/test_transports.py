@@ -311,7 +311,7 @@ def assert_replies_come_from_queried_address(sock: socket.socket, targets: list[
         assert peer[:2] == (targets[n], port), f"the reply to a query sent to {targets[n]} came from {peer[0]}"
 
 
-BATCHING = pytest.mark.parametrize("batching", ["on", "off"])  # recvmmsg/sendmmsg, or a datagram per call
+BATCHING = pytest.mark.parametrize("batching", ["c", "python", "off"])  # answered in C or Python, or unbatched
 
 
 @BATCHING

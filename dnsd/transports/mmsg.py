@@ -153,6 +153,10 @@ class DatagramBatch:
         self._pending_reset = received
         return received
 
+    def answer(self, nodes: object, stats: object, signed_possible: bool) -> range:
+        """The datagrams the caller must answer: all of them (the C batch answers some itself)."""
+        return range(self._pending_reset)
+
     def datagram(self, i: int) -> bytes | None:
         """The i-th datagram received, None when it was longer than the buffer."""
         base = i * _MMSG_WORDS

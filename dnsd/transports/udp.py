@@ -27,8 +27,14 @@ from dnsd.rrl import ResponseRateLimiter
 from dnsd.stats import QueryStats
 from dnsd.transports import mmsg
 
+try:
+    from dnsd.transports import _batch
+except ImportError:  # built without a C compiler: batches are answered in Python
+    _batch = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from dnsd.transfer import Transfers
+    from dnsd.zone import Index
 
 log = logging.getLogger("dnsd.udp")
 
@@ -90,9 +96,13 @@ class UdpListener:
         stats: QueryStats | None = None,
         transfer: Transfers | None = None,
         rrl: ResponseRateLimiter | None = None,
+        index: Index | None = None,
     ) -> None:
         self.sock = sock
         self.respond = respond
+        self.index = index
+        """The zone index that batches answered in C read (dnsd/transports/_batch.c); respond
+        must answer from the same index."""
         self.transfer = transfer
         """Zone transfers (a transfer primary only): IXFR over UDP and TSIG-signed queries."""
         self.rrl = rrl
@@ -102,25 +112,39 @@ class UdpListener:
         self.dropped_replies = 0
         self.stats = stats if stats is not None else QueryStats("udp")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batch: mmsg.DatagramBatch | None = None
+        self._batch: mmsg.DatagramBatch | _batch.DatagramBatch | None = None
+        self.mode = "off"
+        """How UDP is read and answered: c, python or off (Config.udp_batching), as started."""
 
     @property
     def address(self) -> tuple:
         return self.sock.getsockname()
 
-    def start(self, *, batched: bool = True) -> None:
-        """Serve on the loop; batched: with recvmmsg/sendmmsg where available (the default)."""
+    def start(self, mode: str = "c") -> None:
+        """Serve on the loop. mode c: recvmmsg/sendmmsg batches with plain queries answered in C
+        (python where the extension is not built or there is no index); python: batches answered
+        in Python; off, or no recvmmsg on this platform: one datagram per call."""
         self._loop = asyncio.get_running_loop()
-        if batched and mmsg.available():
+        if mode == "c" and (_batch is None or self.index is None):
+            mode = "python"
+        if mode != "off" and not mmsg.available():
+            mode = "off"
+        if mode == "c":
+            self._batch = _batch.DatagramBatch(self.sock, BATCH, RECEIVE_SIZE, pktinfo=self.pktinfo)
+        elif mode == "python":
             self._batch = mmsg.DatagramBatch(self.sock, BATCH, RECEIVE_SIZE, pktinfo=self.pktinfo)
-            self._loop.add_reader(self.sock.fileno(), self._readable_batches)
-        else:
-            self._loop.add_reader(self.sock.fileno(), self._readable)
+        self.mode = mode
+        self._loop.add_reader(self.sock.fileno(), self._readable if mode == "off" else self._readable_batches)
 
     def _readable_batches(self) -> None:
-        """`_readable`, a batch of datagrams per system call (up to BURST per wake-up)."""
+        """`_readable`, a batch of datagrams per system call (up to BURST per wake-up); the batch
+        answers what it can itself (in C) and leaves the rest to respond."""
         batch, respond, record, transfer, rrl = self._batch, self.respond, self.stats.record, self.transfer, self.rrl
         assert batch is not None
+        index, stats = self.index, self.stats
+        # RRL needs every response; a signed query may be the transfer module's (TSIG).
+        fast = index is not None and rrl is None
+        signed_possible = transfer is not None and bool(transfer.keys)
         for _ in range(max(1, BURST // BATCH)):
             try:
                 received = batch.receive()
@@ -132,7 +156,8 @@ class UdpListener:
             if not received:
                 return
             self.received += received
-            for i in range(received):
+            nodes = index.nodes if fast and index.synced else None  # type: ignore[union-attr]
+            for i in batch.answer(nodes, stats, signed_possible):
                 data = batch.datagram(i)
                 port, ipv6 = batch.sender(i)
                 if data is None or port == 0:  # longer than any DNS message; port 0: a reflection
