@@ -319,6 +319,9 @@ class Index:
         self._forward = {z.to_wire(): self.zones[z.to_wire()] for z in config.forward_zones}
         self._pod_suffixes = {b"\x03pod" + apex: zone for apex, zone in self._forward.items()}
         self._svc_suffixes = {b"\x03svc" + apex: zone for apex, zone in self._forward.items()}
+        self.rendered_suffixes = (*self._pod_suffixes, *self._svc_suffixes)
+        """Lower-case wire suffixes of the names `rendered` may answer: a name that ends otherwise
+        and is not a node does not exist (the C batch answers NXDOMAIN for it by this)."""
         self._set_owner(STATIC, static_contribution(config, self.serial), (-1, "", ""))
         self._refresh_soa()
         self.dirty = False

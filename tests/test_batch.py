@@ -104,7 +104,7 @@ def _serve_round(batch: _batch.DatagramBatch, server: socket.socket, zone: Zone,
             server_ready(server)
             continue
         seen += received
-        left = batch.answer(zone.index.nodes, stats, False)
+        left = batch.answer(zone.index, stats, False)
         answered_in_c += received - len(left)
         for i in left:
             data = batch.datagram(i)
@@ -173,8 +173,8 @@ def test_c_batch_answers_as_the_python_engine(text: str, max_answers: int | None
 
 
 def test_most_plain_queries_are_answered_in_c() -> None:
-    """The comparison above holds whoever answers; this checks the C code does answer: every
-    plain query for a Service name, with and without EDNS, and nothing else."""
+    """The comparison above holds whoever answers; this checks the C code does answer: plain
+    queries for nodes and for names in no node, with and without EDNS, and nothing else."""
     assert _batch is not None
     endpoints = [endpoint(f"2001:db8::{i}", pod="p" * i) for i in range(1, 4)]  # SRV targets of 3 sizes
     ports = [("http", "TCP", 80), ("dns", "UDP", 53)]
@@ -187,11 +187,14 @@ def test_most_plain_queries_are_answered_in_c() -> None:
             ("web.default.svc.gua.example.com.", "A"),  # NODATA
             ("_http._tcp.web.default.svc.gua.example.com.", "SRV"),  # 3 records of 3 sizes, glue
             ("gua.example.com.", "NS"),  # glue in the additional section
+            ("missing.gua.example.com.", "AAAA"),  # NXDOMAIN
+            ("example.org.", "AAAA"),  # REFUSED
         ]
         for edns in (-1, 0)
     ]
     others = [
-        dns.message.make_query("missing.gua.example.com.", "AAAA").to_wire(),  # NXDOMAIN
+        dns.message.make_query("p.default.pod.gua.example.com.", "AAAA").to_wire(),  # rendered when asked
+        dns.message.make_query("x.default.pod.gua.example.com.", "AAAA").to_wire(),  # might have been
         dns.message.make_query("web.default.svc.gua.example.com.", "ANY").to_wire(),
         dns.message.make_query("default.svc.gua.example.com.", "AAAA").to_wire(),  # empty non-terminal
         b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\xc0\x0c\x00\x1c\x00\x01",  # a pointer loop
@@ -205,10 +208,10 @@ def test_most_plain_queries_are_answered_in_c() -> None:
                 client.sendto(query, server.getsockname())  # loopback: queued at the server on return
             assert batch.receive() == len(plain + others)
         stats = QueryStats("udp")
-        assert batch.answer(zone.index.nodes, stats, False) == list(range(len(plain), len(plain + others)))
+        assert batch.answer(zone.index, stats, False) == list(range(len(plain), len(plain + others)))
         assert sum(stats.rcodes) == len(plain)
         # The answers queued above are replaced when a datagram is answered again.
         assert batch.answer(None, stats, False) == list(range(len(plain + others)))  # not synced
         # signed_possible: a query with an additional section (OPT here) may carry TSIG
-        signed_left = batch.answer(zone.index.nodes, stats, True)
+        signed_left = batch.answer(zone.index, stats, True)
         assert [i for i in signed_left if i < len(plain)] == [i for i in range(len(plain)) if i % 2]

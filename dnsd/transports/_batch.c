@@ -31,6 +31,8 @@
 #define AA 0x04
 #define RD 0x01
 #define CD 0x10
+#define RCODE_NXDOMAIN 3
+#define RCODE_REFUSED 5
 #define TYPE_A 1
 #define TYPE_CNAME 5
 #define TYPE_AAAA 28
@@ -49,7 +51,7 @@ static const unsigned char OPT_HEAD[5] = {0x00, 0x00, 0x29, UDP_PAYLOAD >> 8, UD
 /* Attribute names, interned once. */
 static PyObject *s_owner, *s_aaaa, *s_a, *s_others, *s_zone, *s_apex_wire, *s_negative_soa, *s_count, *s_window,
     *s_records, *s_size, *s_additional, *s_additional_count, *s_requests, *s_rcodes, *s_durations,
-    *s_request_sizes, *s_response_sizes, *s_duration_ns, *s_type_slots, *s_cname_key;
+    *s_request_sizes, *s_response_sizes, *s_duration_ns, *s_type_slots, *s_synced, *s_nodes, *s_zones, *s_rendered_suffixes, *s_cname_key;
 
 typedef struct {
     PyObject_HEAD
@@ -534,182 +536,308 @@ static int pick_answer(PyObject *node, unsigned int qtype, PyObject **answer) {
     return TAKEN;
 }
 
-/* Answers datagram i into its send slot if it is a query the fast path takes. */
-static int answer_one(Batch *self, unsigned int i, PyObject *nodes, int signed_possible, Counters *counters) {
-    unsigned long long started = now_ns();
+/* One plain query as the fast path of dnsd.wire.respond parses it. */
+typedef struct {
+    const unsigned char *wire;
+    size_t length;
+    size_t end; /* just after the question name */
+    size_t name_length;
+    unsigned int qtype;
+    int edns, dnssec_ok;
+    size_t limit; /* the largest response that fits */
+    char lowered[256];
+} Query;
+
+/* Whether datagram i is a query the fast path takes: one IN question, no or a plain OPT record. */
+static int parse_query(Batch *self, unsigned int i, int signed_possible, Query *q) {
     const unsigned char *query = self->recv_data + (size_t)i * self->size;
     size_t length = self->recv[i].msg_len;
-    if (self->recv[i].msg_hdr.msg_flags & MSG_TRUNC || length < 17) return LEFT;
-    if (query[2] & 0xF8 || query[4] || query[5] != 1 || query[6] || query[7] || query[8] || query[9]) return LEFT;
+    if (self->recv[i].msg_hdr.msg_flags & MSG_TRUNC || length < 17) return 0;
+    if (query[2] & 0xF8 || query[4] || query[5] != 1 || query[6] || query[7] || query[8] || query[9]) return 0;
     const unsigned char *root = memchr(query + 12, 0, length - 12);
-    if (root == NULL) return LEFT;
-    size_t end = (size_t)(root - query) + 1; /* just after the question name */
-    if (end - 12 > 255 || end + 4 > length) return LEFT;
+    if (root == NULL) return 0;
+    size_t end = (size_t)(root - query) + 1;
+    if (end - 12 > 255 || end + 4 > length) return 0;
     unsigned int qtype = (unsigned int)query[end] << 8 | query[end + 1];
-    if (query[end + 2] || query[end + 3] != 1) return LEFT;
-    if (qtype == 0 || qtype == TYPE_OPT || qtype == TYPE_IXFR || qtype == TYPE_AXFR || qtype == TYPE_ANY) return LEFT;
-    int edns = 0, dnssec_ok = 0;
-    size_t limit = UDP_MINIMUM;
+    if (query[end + 2] || query[end + 3] != 1) return 0;
+    if (qtype == 0 || qtype == TYPE_OPT || qtype == TYPE_IXFR || qtype == TYPE_AXFR || qtype == TYPE_ANY) return 0;
+    q->edns = q->dnssec_ok = 0;
+    q->limit = UDP_MINIMUM;
     if (query[10] == 0 && query[11] == 0) {
-        if (length != end + 4) return LEFT;
+        if (length != end + 4) return 0;
     } else if (query[10] == 0 && query[11] == 1 && !signed_possible) {
         size_t opt = end + 4;
-        if (opt + 11 > length || query[opt] || query[opt + 1] || query[opt + 2] != TYPE_OPT || query[opt + 6]) return LEFT;
-        if (opt + 11 + ((size_t)query[opt + 9] << 8 | query[opt + 10]) != length) return LEFT;
+        if (opt + 11 > length || query[opt] || query[opt + 1] || query[opt + 2] != TYPE_OPT || query[opt + 6]) return 0;
+        if (opt + 11 + ((size_t)query[opt + 9] << 8 | query[opt + 10]) != length) return 0;
         size_t payload = (size_t)query[opt + 3] << 8 | query[opt + 4];
-        limit = payload < UDP_MINIMUM ? UDP_MINIMUM : payload > UDP_PAYLOAD ? UDP_PAYLOAD : payload;
-        edns = 1;
-        dnssec_ok = (query[opt + 7] & 0x80) != 0;
+        q->limit = payload < UDP_MINIMUM ? UDP_MINIMUM : payload > UDP_PAYLOAD ? UDP_PAYLOAD : payload;
+        q->edns = 1;
+        q->dnssec_ok = (query[opt + 7] & 0x80) != 0;
     } else {
-        return LEFT;
+        return 0;
     }
-    size_t name_length = end - 12;
-    char lowered[256];
-    for (size_t k = 0; k < name_length; k++) {
+    q->wire = query, q->length = length, q->end = end, q->qtype = qtype;
+    q->name_length = end - 12;
+    for (size_t k = 0; k < q->name_length; k++) {
         unsigned char c = query[12 + k];
-        lowered[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        q->lowered[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
     }
-    PyObject *key = PyBytes_FromStringAndSize(lowered, (Py_ssize_t)name_length);
-    if (key == NULL) return FAILED;
-    PyObject *node = PyDict_GetItemWithError(nodes, key); /* borrowed */
-    Py_DECREF(key);
-    if (node == NULL) return PyErr_Occurred() ? FAILED : LEFT;
-    PyObject *owner = PyObject_GetAttr(node, s_owner);
-    if (owner == NULL) return FAILED;
-    Py_DECREF(owner);
-    if (owner == Py_None) return LEFT; /* an empty non-terminal: perhaps a rendered name below */
+    return 1;
+}
 
-    PyObject *answer;
-    int picked = pick_answer(node, qtype, &answer);
-    if (picked != TAKEN) return picked;
+/* Whether the name is exactly one uncompressed name (`memchr` found its end, not its labels). */
+static int well_formed(const Query *q) {
+    size_t pos = 0, last = q->name_length - 1;
+    while (pos < last) {
+        unsigned char label = (unsigned char)q->lowered[pos];
+        if (label > 63) return 0;
+        pos += (size_t)label + 1;
+    }
+    return pos == last;
+}
 
+static int ends_with_any(const Query *q, PyObject *suffixes) {
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(suffixes); k++) {
+        PyObject *suffix = PyTuple_GET_ITEM(suffixes, k);
+        size_t size = (size_t)PyBytes_GET_SIZE(suffix);
+        if (size <= q->name_length && !memcmp(q->lowered + q->name_length - size, PyBytes_AS_STRING(suffix), size))
+            return 1;
+    }
+    return 0;
+}
+
+/* `Index.zone_for`: the most specific zone of the name (borrowed), NULL for none (or an error). */
+static PyObject *zone_for(const Query *q, PyObject *zones) {
+    size_t pos = 0;
+    while (pos < q->name_length) {
+        PyObject *suffix = PyBytes_FromStringAndSize(q->lowered + pos, (Py_ssize_t)(q->name_length - pos));
+        if (suffix == NULL) return NULL;
+        PyObject *zone = PyDict_GetItemWithError(zones, suffix);
+        Py_DECREF(suffix);
+        if (zone != NULL || PyErr_Occurred()) return zone;
+        unsigned char label = (unsigned char)q->lowered[pos];
+        if (label == 0) break;
+        pos += (size_t)label + 1;
+    }
+    return NULL;
+}
+
+/* The response without records: REFUSED (no zone), or NXDOMAIN/NODATA with the zone's SOA. */
+static int write_negative(Batch *self, unsigned int i, const Query *q, PyObject *zone, unsigned char rcode,
+                          size_t *size) {
     unsigned char *out = self->send_data + (size_t)i * self->size;
-    size_t question = end + 4 - 12;
-    size_t opt_size = edns ? OPT_SIZE : 0;
-    unsigned char flags1 = QR | AA | (query[2] & RD), cd = query[3] & CD;
-    size_t size;
-    if (answer == NULL) { /* NODATA: the zone's SOA in the authority section */
-        PyObject *zone = PyObject_GetAttr(node, s_zone);
-        if (zone == NULL) return FAILED;
+    const unsigned char *query = q->wire;
+    size_t question = q->end + 4 - 12;
+    unsigned char rd = query[2] & RD, cd = query[3] & CD;
+    unsigned char *at = out + 12 + question;
+    if (zone == NULL) {
+        put_header(out, query, QR | rd, cd | rcode, 0, 0, q->edns);
+    } else {
         PyObject *apex = PyObject_GetAttr(zone, s_apex_wire);
         PyObject *soa = apex ? PyObject_GetAttr(zone, s_negative_soa) : NULL;
-        Py_DECREF(zone);
-        if (soa == NULL || !PyBytes_Check(apex) || !PyBytes_Check(soa)) {
+        if (soa == NULL || !PyBytes_Check(apex) || !PyBytes_Check(soa) ||
+            (size_t)PyBytes_GET_SIZE(apex) > q->name_length) {
             Py_XDECREF(apex);
             Py_XDECREF(soa);
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "ZoneInfo of an unexpected shape");
             return FAILED;
         }
-        Py_ssize_t soa_length = PyBytes_GET_SIZE(soa);
-        size = 12 + question + 2 + (size_t)soa_length + opt_size;
-        if (size > limit || (size_t)PyBytes_GET_SIZE(apex) > name_length) {
+        size_t soa_length = (size_t)PyBytes_GET_SIZE(soa);
+        if (12 + question + 2 + soa_length + (q->edns ? OPT_SIZE : 0) > q->limit) {
             Py_DECREF(apex);
             Py_DECREF(soa);
             return LEFT; /* truncated: rare, the reference path answers it */
         }
-        unsigned int pointer = 0xC00C + (unsigned int)(name_length - (size_t)PyBytes_GET_SIZE(apex));
-        put_header(out, query, flags1, cd, 0, 1, edns);
-        memcpy(out + 12, query + 12, question);
-        unsigned char *at = out + 12 + question;
+        unsigned int pointer = 0xC00C + (unsigned int)(q->name_length - (size_t)PyBytes_GET_SIZE(apex));
+        put_header(out, query, QR | AA | rd, cd | rcode, 0, 1, q->edns);
         at[0] = pointer >> 8, at[1] = pointer & 0xFF;
-        memcpy(at + 2, PyBytes_AS_STRING(soa), (size_t)soa_length);
+        memcpy(at + 2, PyBytes_AS_STRING(soa), soa_length);
         at += 2 + soa_length;
         Py_DECREF(apex);
         Py_DECREF(soa);
-        if (edns) put_opt(at, dnssec_ok);
+    }
+    memcpy(out + 12, query + 12, question);
+    if (q->edns) put_opt(at, q->dnssec_ok);
+    *size = (size_t)(at - out) + (q->edns ? OPT_SIZE : 0);
+    return TAKEN;
+}
+
+/* The response with answer's records (the additional section where it fits). */
+static int write_answer(Batch *self, unsigned int i, const Query *q, PyObject *answer, size_t *size) {
+    Py_ssize_t count = int_attribute(answer, s_count);
+    Py_ssize_t window = count < 0 ? -1 : int_attribute(answer, s_window);
+    Py_ssize_t additional_count = window < 0 ? -1 : int_attribute(answer, s_additional_count);
+    if (additional_count < 0) return FAILED;
+    PyObject *additional = PyObject_GetAttr(answer, s_additional);
+    if (additional == NULL) return FAILED;
+    if (!PyBytes_Check(additional) || count < 1) {
+        Py_DECREF(additional);
+        PyErr_SetString(PyExc_TypeError, "an Answer of an unexpected shape");
+        return FAILED;
+    }
+    Py_ssize_t start = count > 1 ? (Py_ssize_t)(self->turn++ % (unsigned long long)count) : 0;
+    Section section;
+    if (answer_section(answer, start, count, window, &section) != TAKEN) {
+        Py_XDECREF(section.records);
+        Py_DECREF(additional);
+        return FAILED;
+    }
+    size_t question = q->end + 4 - 12;
+    size_t extra = (size_t)PyBytes_GET_SIZE(additional);
+    size_t total = 12 + question + (size_t)section.length + (q->edns ? OPT_SIZE : 0);
+    unsigned int ar = (unsigned int)additional_count;
+    if (total + extra <= q->limit) {
+        total += extra;
     } else {
-        Py_ssize_t count = int_attribute(answer, s_count);
-        Py_ssize_t window = count < 0 ? -1 : int_attribute(answer, s_window);
-        Py_ssize_t additional_count = window < 0 ? -1 : int_attribute(answer, s_additional_count);
-        if (additional_count < 0) return FAILED;
-        PyObject *additional = PyObject_GetAttr(answer, s_additional);
-        if (additional == NULL) return FAILED;
-        if (!PyBytes_Check(additional) || count < 1) {
-            Py_DECREF(additional);
-            PyErr_SetString(PyExc_TypeError, "an Answer of an unexpected shape");
-            return FAILED;
-        }
-        Py_ssize_t start = count > 1 ? (Py_ssize_t)(self->turn++ % (unsigned long long)count) : 0;
-        Section section;
-        if (answer_section(answer, start, count, window, &section) != TAKEN) {
-            Py_XDECREF(section.records);
-            Py_DECREF(additional);
-            return FAILED;
-        }
-        size_t extra = (size_t)PyBytes_GET_SIZE(additional);
-        size = 12 + question + (size_t)section.length + opt_size;
-        unsigned int ar = (unsigned int)additional_count;
-        if (size + extra <= limit) {
-            size += extra;
-        } else {
-            extra = 0, ar = 0; /* the additional section does not fit: the answer alone */
-        }
-        if (size > limit) {
-            Py_DECREF(section.records);
-            Py_DECREF(additional);
-            return LEFT; /* truncated: the reference path answers it */
-        }
-        put_header(out, query, flags1, cd, (unsigned int)window, 0, ar + edns);
-        memcpy(out + 12, query + 12, question);
-        unsigned char *at = write_section(out + 12 + question, &section);
-        if (extra) memcpy(at, PyBytes_AS_STRING(additional), extra);
-        at += extra;
+        extra = 0, ar = 0; /* the additional section does not fit: the answer alone */
+    }
+    if (total > q->limit) {
         Py_DECREF(section.records);
         Py_DECREF(additional);
-        if (edns) put_opt(at, dnssec_ok);
+        return LEFT; /* truncated: the reference path answers it */
     }
+    unsigned char *out = self->send_data + (size_t)i * self->size;
+    put_header(out, q->wire, QR | AA | (q->wire[2] & RD), q->wire[3] & CD, (unsigned int)window, 0, ar + q->edns);
+    memcpy(out + 12, q->wire + 12, question);
+    unsigned char *at = write_section(out + 12 + question, &section);
+    if (extra) memcpy(at, PyBytes_AS_STRING(additional), extra);
+    at += extra;
+    Py_DECREF(section.records);
+    Py_DECREF(additional);
+    if (q->edns) put_opt(at, q->dnssec_ok);
+    *size = total;
+    return TAKEN;
+}
+
+/* The index's tables for one answer() call (borrowed: the caller holds the index). */
+typedef struct {
+    PyObject *nodes, *zones, *rendered_suffixes;
+} Tables;
+
+/* Answers datagram i into its send slot if it is a query the fast path takes: `dnsd.wire._answer`
+ * for a name that is a node, or that is in no node and cannot be a rendered name. */
+static int answer_one(Batch *self, unsigned int i, const Tables *tables, int signed_possible, Counters *counters) {
+    unsigned long long started = now_ns();
+    Query q;
+    if (!parse_query(self, i, signed_possible, &q)) return LEFT;
+    PyObject *key = PyBytes_FromStringAndSize(q.lowered, (Py_ssize_t)q.name_length);
+    if (key == NULL) return FAILED;
+    PyObject *node = PyDict_GetItemWithError(tables->nodes, key); /* borrowed */
+    Py_DECREF(key);
+    if (node == NULL && PyErr_Occurred()) return FAILED;
+    int is_node = 0; /* a node with an owner: not an empty non-terminal */
+    if (node != NULL) {
+        PyObject *owner = PyObject_GetAttr(node, s_owner);
+        if (owner == NULL) return FAILED;
+        Py_DECREF(owner); /* the node holds it */
+        is_node = owner != Py_None;
+    }
+    /* No node, or an empty non-terminal: a rendered pod or endpoint name, if its suffix says it may be. */
+    if (!is_node && ends_with_any(&q, tables->rendered_suffixes)) return LEFT;
+    if (node == NULL && !well_formed(&q)) return LEFT; /* dnspython's parser decides */
+
+    size_t size = 0;
+    int written;
+    unsigned char rcode = 0;
+    if (node == NULL) {
+        PyObject *zone = zone_for(&q, tables->zones);
+        if (zone == NULL && PyErr_Occurred()) return FAILED;
+        rcode = zone == NULL ? RCODE_REFUSED : RCODE_NXDOMAIN;
+        written = write_negative(self, i, &q, zone, rcode, &size);
+    } else {
+        PyObject *answer;
+        int picked = pick_answer(node, q.qtype, &answer);
+        if (picked != TAKEN) return picked;
+        if (answer == NULL) { /* NODATA: the zone's SOA in the authority section */
+            PyObject *zone = PyObject_GetAttr(node, s_zone);
+            if (zone == NULL) return FAILED;
+            written = write_negative(self, i, &q, zone, 0, &size);
+            Py_DECREF(zone);
+        } else {
+            written = write_answer(self, i, &q, answer, &size);
+        }
+    }
+    if (written != TAKEN) return written;
     queue(self, i, size);
-    count_query(counters, sender_is_ipv6(self, i), qtype, length, 0, size, now_ns() - started);
+    count_query(counters, sender_is_ipv6(self, i), q.qtype, q.length, rcode, size, now_ns() - started);
     return TAKEN;
 }
 
 static PyObject *Batch_answer(Batch *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "answer(nodes, stats, signed_possible)");
+        PyErr_SetString(PyExc_TypeError, "answer(index, stats, signed_possible)");
         return NULL;
     }
-    PyObject *nodes = args[0], *stats = args[1];
+    PyObject *index = args[0], *stats = args[1];
     int signed_possible = PyObject_IsTrue(args[2]);
     if (signed_possible < 0) return NULL;
-    PyObject *left = PyList_New(0);
-    if (left == NULL) return NULL;
-    if (nodes != Py_None && !PyDict_Check(nodes)) {
-        Py_DECREF(left);
-        PyErr_SetString(PyExc_TypeError, "nodes must be a dict or None");
-        return NULL;
+    Tables tables = {NULL, NULL, NULL};
+    int fast = 0;
+    if (index != Py_None) {
+        PyObject *synced = PyObject_GetAttr(index, s_synced);
+        if (synced == NULL) return NULL;
+        fast = PyObject_IsTrue(synced);
+        Py_DECREF(synced);
+        if (fast < 0) return NULL;
     }
+    if (fast) {
+        tables.nodes = PyObject_GetAttr(index, s_nodes);
+        tables.zones = tables.nodes ? PyObject_GetAttr(index, s_zones) : NULL;
+        tables.rendered_suffixes = tables.zones ? PyObject_GetAttr(index, s_rendered_suffixes) : NULL;
+        if (tables.rendered_suffixes == NULL || !PyDict_Check(tables.nodes) || !PyDict_Check(tables.zones) ||
+            !PyTuple_Check(tables.rendered_suffixes)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an Index of an unexpected shape");
+            goto fail;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tables.rendered_suffixes); k++) {
+            if (!PyBytes_Check(PyTuple_GET_ITEM(tables.rendered_suffixes, k))) {
+                PyErr_SetString(PyExc_TypeError, "Index.rendered_suffixes must be bytes");
+                goto fail;
+            }
+        }
+    }
+    PyObject *left = PyList_New(0);
+    if (left == NULL) goto fail;
     Counters counters;
-    if (nodes != Py_None && hold_counters(stats, &counters) < 0) {
+    if (fast && hold_counters(stats, &counters) < 0) {
         Py_DECREF(left);
-        return NULL;
+        goto fail;
     }
     for (unsigned int i = 0; i < self->received; i++) {
         if (sender_port(self, i) == 0) continue; /* nobody can receive a reply on port 0: a reflection */
-        int taken = nodes == Py_None ? LEFT : answer_one(self, i, nodes, signed_possible, &counters);
+        int taken = fast ? answer_one(self, i, &tables, signed_possible, &counters) : LEFT;
         if (taken == FAILED) {
             /* A bug or an index of an unexpected shape: the reference path answers (or reports) it. */
-            PyErr_WriteUnraisable(nodes);
+            PyErr_WriteUnraisable(index);
             taken = LEFT;
         }
         if (taken == LEFT) {
-            PyObject *index = PyLong_FromUnsignedLong(i);
-            if (index == NULL || PyList_Append(left, index) < 0) {
-                Py_XDECREF(index);
+            PyObject *number = PyLong_FromUnsignedLong(i);
+            if (number == NULL || PyList_Append(left, number) < 0) {
+                Py_XDECREF(number);
                 Py_DECREF(left);
-                if (nodes != Py_None) release_counters(&counters);
-                return NULL;
+                if (fast) release_counters(&counters);
+                goto fail;
             }
-            Py_DECREF(index);
+            Py_DECREF(number);
         }
     }
-    if (nodes != Py_None) {
+    if (fast) {
         release_counters(&counters);
         if (counters.duration_ns && add_duration(stats, counters.duration_ns) < 0) {
             Py_DECREF(left);
-            return NULL;
+            goto fail;
         }
     }
+    Py_XDECREF(tables.nodes);
+    Py_XDECREF(tables.zones);
+    Py_XDECREF(tables.rendered_suffixes);
     return left;
+fail:
+    Py_XDECREF(tables.nodes);
+    Py_XDECREF(tables.zones);
+    Py_XDECREF(tables.rendered_suffixes);
+    return NULL;
 }
 
 static PyMethodDef Batch_methods[] = {
@@ -722,10 +850,10 @@ static PyMethodDef Batch_methods[] = {
      "Queue reply to the sender of the i-th datagram; False when it does not fit."},
     {"send", (PyCFunction)Batch_send, METH_NOARGS, "Send the queued replies; how many could not be sent."},
     {"answer", (PyCFunction)(void (*)(void))Batch_answer, METH_FASTCALL,
-     "answer(nodes, stats, signed_possible) -> the indices of the datagrams left to the caller.\n\n"
-     "Answers the plain queries for names in nodes (None: none) into the send queue and counts\n"
-     "them in stats; skips senders on port 0; signed_possible: leave every query with an\n"
-     "additional section (it may carry TSIG)."},
+     "answer(index, stats, signed_possible) -> the indices of the datagrams left to the caller.\n\n"
+     "Answers the plain queries the index (None: none) can answer without rendering a name into\n"
+     "the send queue and counts them in stats; skips senders on port 0; signed_possible: leave\n"
+     "every query with an additional section (it may carry TSIG)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -760,6 +888,8 @@ PyMODINIT_FUNC PyInit__batch(void) {
         {&s_rcodes, "rcodes"},         {&s_durations, "durations"},
         {&s_request_sizes, "request_sizes"}, {&s_response_sizes, "response_sizes"},
         {&s_duration_ns, "duration_ns"}, {&s_type_slots, "type_slots"},
+        {&s_synced, "synced"},         {&s_nodes, "nodes"},
+        {&s_zones, "zones"},           {&s_rendered_suffixes, "rendered_suffixes"},
     };
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         *names[k].slot = PyUnicode_InternFromString(names[k].text);

@@ -153,7 +153,7 @@ class DatagramBatch:
         self._pending_reset = received
         return received
 
-    def answer(self, nodes: object, stats: object, signed_possible: bool) -> range:
+    def answer(self, index: object, stats: object, signed_possible: bool) -> range:
         """The datagrams the caller must answer: all of them (the C batch answers some itself)."""
         return range(self._pending_reset)
 

@@ -156,8 +156,7 @@ class UdpListener:
             if not received:
                 return
             self.received += received
-            nodes = index.nodes if fast and index.synced else None  # type: ignore[union-attr]
-            for i in batch.answer(nodes, stats, signed_possible):
+            for i in batch.answer(index if fast else None, stats, signed_possible):
                 data = batch.datagram(i)
                 port, ipv6 = batch.sender(i)
                 if data is None or port == 0:  # longer than any DNS message; port 0: a reflection
