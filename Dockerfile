@@ -15,16 +15,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY dnsd/ dnsd/
 # The venv has the same path in both stages: its scripts carry absolute shebangs.
 # pip and setuptools are not needed at run time. Bytecode is compiled here because nothing can
 # be written at run time (read-only root filesystem, non-root user); hash-based .pyc files stay
 # valid whatever the copy does to the files' modification times. The extension is optional for
-# pip (dnsd answers in Python without it); the image must have it, so its import is checked.
+# pip (dnsd answers in Python without it); the image must have it, so its import is checked
+# (-P: from the venv, not from the source tree in the working directory).
 RUN python -m venv /opt/dnsd \
  && /opt/dnsd/bin/pip install ".[uvloop]" \
- && /opt/dnsd/bin/python -c "import dnsd.transports._batch" \
+ && /opt/dnsd/bin/python -P -c "import dnsd.transports._batch" \
  && /opt/dnsd/bin/pip uninstall -y pip setuptools \
  && /opt/dnsd/bin/python -m compileall -q -f --invalidation-mode checked-hash /opt/dnsd/lib
 

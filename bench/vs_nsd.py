@@ -529,9 +529,10 @@ zone:
 class Dnsd(Server):
     kind = "dnsd"
 
-    def __init__(self, workdir: Path, cluster_path: Path) -> None:
+    def __init__(self, workdir: Path, cluster_path: Path, udp_batching: str = "c") -> None:
         super().__init__(workdir)
         self.cluster_path = cluster_path
+        self.udp_batching = udp_batching
 
     def command(self) -> list[str]:
         return [
@@ -558,6 +559,8 @@ class Dnsd(Server):
             HOSTMASTER,
             "--log-level",
             "warning",
+            "--udp-batching",
+            self.udp_batching,
         ]
 
 
@@ -1014,6 +1017,14 @@ def cpu_model() -> str:
     return match.group(1).strip() if match else platform.processor()
 
 
+def udp_batching(requested: str) -> str:
+    """What dnsd's --udp-batching will be in effect: c needs the extension built in this checkout."""
+    if requested != "c":
+        return requested
+    built = subprocess.run([sys.executable, "-c", "import dnsd.transports._batch"], cwd=ROOT, capture_output=True)
+    return "c" if built.returncode == 0 else "python (the C extension is not built)"
+
+
 def event_loop() -> str:
     try:
         import uvloop  # noqa: F401
@@ -1040,6 +1051,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="most seconds to wait for quiet CPUs before a run (default 3, quick 1)",
     )
     parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument(
+        "--udp-batching", choices=("c", "python", "off"), default="c", help="dnsd's --udp-batching (default c)"
+    )
 
 
 def run_times(args: argparse.Namespace) -> tuple[float, float, float, float]:
@@ -1094,7 +1108,7 @@ def bench(args, names, tools, workdir, times, retries, budget, began) -> int:
     cluster_path = workdir / "cluster.json"
     cluster_path.write_text(cluster_file(data))
     # The zone file's serial is dnsd's, so negative answers carry the same SOA.
-    dnsd = Dnsd(workdir, cluster_path)
+    dnsd = Dnsd(workdir, cluster_path, args.udp_batching)
     t = time.monotonic()
     dnsd.start(None)
     dnsd_start_s = time.monotonic() - t
@@ -1135,6 +1149,7 @@ def bench(args, names, tools, workdir, times, retries, budget, began) -> int:
             "kernel": platform.release(),
             "python": platform.python_version(),
             "dnsd_event_loop": event_loop(),
+            "dnsd_udp_batching": udp_batching(args.udp_batching),
             "nsd": version([tools["nsd"], "-v"]),
             "dnsperf": version([tools["dnsperf"], "-h"]),
             **git_state(),

@@ -293,7 +293,9 @@ def test_runs_as_numeric_user_from_read_only_install(replayed: tuple[Image, list
     # else the tests already run as a non-root user: the point (not root, nothing writable) holds.
     process = DnsdProcess(command=args, env=env, inherit_env=False, cwd=image.root)
     try:
-        port = int(process.wait_for_match(r"listening on \[?[0-9.:]+\]?:(\d+) ", timeout=30).group(1))
+        listening = process.wait_for_match(r"listening on \[?[0-9.:]+\]?:(\d+) .*UDP batching: (\w+)", timeout=30)
+        port = int(listening.group(1))
+        assert listening.group(2) == "c", "the image answers UDP in Python: its C extension is missing"
         process.wait_for("synced", timeout=30)
         status = Path(f"/proc/{process.proc.pid}/status").read_text()
         if os.geteuid() == 0:

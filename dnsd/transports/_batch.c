@@ -158,6 +158,7 @@ static int Batch_init(Batch *self, PyObject *args, PyObject *kwargs) {
 static PyObject *Batch_receive(Batch *self, PyObject *Py_UNUSED(ignored)) {
     reset_receive_headers(self, self->received);
     self->received = 0;
+    memset(self->queued, 0, self->count); /* replies not sent are dropped: their senders' addresses go */
     int received = recvmmsg(self->fd, self->recv, self->count, MSG_DONTWAIT, NULL);
     if (received < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return PyLong_FromLong(0);
@@ -842,7 +843,8 @@ fail:
 
 static PyMethodDef Batch_methods[] = {
     {"receive", (PyCFunction)Batch_receive, METH_NOARGS,
-     "Read up to count datagrams without blocking; 0 when none is waiting."},
+     "Read up to count datagrams without blocking; 0 when none is waiting. Replies queued and\n"
+     "not sent are dropped (send() first)."},
     {"datagram", (PyCFunction)Batch_datagram, METH_O, "The i-th datagram received, None when it was truncated."},
     {"sender", (PyCFunction)Batch_sender, METH_O, "The i-th sender's port and whether it is a real IPv6 sender."},
     {"peer", (PyCFunction)Batch_peer, METH_O, "The i-th sender as a raw sockaddr."},
