@@ -51,12 +51,13 @@ static const unsigned char OPT_HEAD[5] = {0x00, 0x00, 0x29, UDP_PAYLOAD >> 8, UD
 /* Attribute names, interned once. */
 static PyObject *s_owner, *s_aaaa, *s_a, *s_others, *s_zone, *s_apex_wire, *s_negative_soa, *s_count, *s_window,
     *s_records, *s_size, *s_additional, *s_additional_count, *s_requests, *s_rcodes, *s_durations,
-    *s_request_sizes, *s_response_sizes, *s_duration_ns, *s_type_slots, *s_synced, *s_nodes, *s_zones, *s_rendered_suffixes, *s_cname_key;
+    *s_request_sizes, *s_response_sizes, *s_duration_ns, *s_type_slots, *s_synced, *s_nodes, *s_zones,
+    *s_rendered_suffixes;
+static PyObject *s_cname_key; /* the int 5, Node.others' key of a CNAME */
 
 typedef struct {
     PyObject_HEAD
     int fd;
-    int family;
     int pktinfo;
     unsigned int count;
     size_t size;
@@ -119,10 +120,6 @@ static int Batch_init(Batch *self, PyObject *args, PyObject *kwargs) {
     if (fileno == NULL) return -1;
     self->fd = (int)PyLong_AsLong(fileno);
     Py_DECREF(fileno);
-    PyObject *family = PyObject_GetAttrString(sock, "family");
-    if (family == NULL) return -1;
-    self->family = (int)PyLong_AsLong(family);
-    Py_DECREF(family);
     if (PyErr_Occurred()) return -1;
     self->count = count;
     self->size = (size_t)size;
@@ -138,8 +135,8 @@ static int Batch_init(Batch *self, PyObject *args, PyObject *kwargs) {
     self->recv = PyMem_Calloc(count, sizeof(struct mmsghdr));
     self->send = PyMem_Calloc(count, sizeof(struct mmsghdr));
     self->queued = PyMem_Calloc(count, 1);
-    if (!self->queued || self->recv_data == MAP_FAILED || self->send_data == MAP_FAILED || !self->names || !self->recv_control ||
-        !self->send_control || !self->recv_iov || !self->send_iov || !self->recv || !self->send) {
+    if (self->recv_data == MAP_FAILED || self->send_data == MAP_FAILED || !self->names || !self->recv_control ||
+        !self->send_control || !self->recv_iov || !self->send_iov || !self->recv || !self->send || !self->queued) {
         PyErr_NoMemory();
         return -1;
     }
