@@ -1,5 +1,6 @@
-"""Batched UDP I/O (dnsd.transports.mmsg) on real loopback sockets: datagrams, peers, replies
-from the address a query arrived at, oversized datagrams.
+"""Batched UDP I/O on real loopback sockets: datagrams, peers, replies from the address a query
+arrived at, oversized datagrams; for both batches, ctypes (dnsd.transports.mmsg) and C
+(dnsd.transports._batch, whose answering test_batch.py checks).
 
 Out of scope: the listener that uses it (test_transports.py).
 """
@@ -13,7 +14,18 @@ import pytest
 from dnsd.transports import mmsg
 from dnsd.transports.udp import IP_PKTINFO, IPV6_RECVPKTINFO
 
+try:
+    from dnsd.transports import _batch
+except ImportError:  # test_batch.py fails on a missing extension; here the ctypes batch is tested
+    _batch = None  # type: ignore[assignment]
+
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg are Linux-only")
+BATCHES = [mmsg.DatagramBatch, *([_batch.DatagramBatch] if _batch is not None else [])]
+
+
+@pytest.fixture(params=BATCHES, ids=lambda cls: cls.__module__.rsplit(".", 1)[-1])
+def batch_class(request: pytest.FixtureRequest) -> type:
+    return request.param
 
 
 def _server(family: int, host: str, *, pktinfo: bool = False) -> socket.socket:
@@ -42,9 +54,9 @@ def _echo_all(batch: mmsg.DatagramBatch, expected: int) -> list[bytes]:
     return seen
 
 
-def test_a_batch_receives_every_datagram_and_answers_each_sender() -> None:
+def test_a_batch_receives_every_datagram_and_answers_each_sender(batch_class: type) -> None:
     server = _server(socket.AF_INET, "127.0.0.1")
-    batch = mmsg.DatagramBatch(server, count=8, size=512)
+    batch = batch_class(server, count=8, size=512)
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     try:
         assert batch.receive() == 0  # nothing waiting: no blocking, no error
@@ -76,10 +88,10 @@ def test_a_batch_receives_every_datagram_and_answers_each_sender() -> None:
     ],
 )
 def test_replies_leave_from_the_address_the_query_was_sent_to(
-    family: int, wildcard: str, client_family: int, target: str
+    batch_class: type, family: int, wildcard: str, client_family: int, target: str
 ) -> None:
     server = _server(family, wildcard, pktinfo=True)
-    batch = mmsg.DatagramBatch(server, count=4, size=512, pktinfo=True)
+    batch = batch_class(server, count=4, size=512, pktinfo=True)
     client = socket.socket(client_family, socket.SOCK_DGRAM)
     client.settimeout(2)
     try:
@@ -93,9 +105,9 @@ def test_replies_leave_from_the_address_the_query_was_sent_to(
         client.close()
 
 
-def test_a_datagram_longer_than_the_buffer_is_flagged() -> None:
+def test_a_datagram_longer_than_the_buffer_is_flagged(batch_class: type) -> None:
     server = _server(socket.AF_INET, "127.0.0.1")
-    batch = mmsg.DatagramBatch(server, count=4, size=64)
+    batch = batch_class(server, count=4, size=64)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         client.sendto(b"x" * 65, server.getsockname())
@@ -110,9 +122,9 @@ def test_a_datagram_longer_than_the_buffer_is_flagged() -> None:
         client.close()
 
 
-def test_senders_are_read_in_place_and_as_raw_sockaddrs() -> None:
+def test_senders_are_read_in_place_and_as_raw_sockaddrs(batch_class: type) -> None:
     server = _server(socket.AF_INET6, "::")
-    batch = mmsg.DatagramBatch(server, count=4, size=512)
+    batch = batch_class(server, count=4, size=512)
     v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     try:
