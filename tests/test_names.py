@@ -13,6 +13,8 @@ import dns.rcode
 import dns.reversename
 import pytest
 from conftest import Zone, make_config, rrsets_text
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from k8s import cluster, endpoint, endpoint_slice, pod, service
 
 Z = "gua.example.com."
@@ -482,6 +484,42 @@ def test_default_policy_keeps_documentation_and_global_ranges() -> None:
     ]
     assert all(policy.publishable(pack_address(a)) for a in published)  # type: ignore[arg-type]
     assert not any(policy.publishable(pack_address(a)) for a in hidden)  # type: ignore[arg-type]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.ip_addresses().map(str),
+        st.text(alphabet="0123456789abcdefABCDEF:.% \t\x00é", max_size=45),
+        st.ip_addresses()
+        .map(str)
+        .flatmap(
+            lambda text: st.tuples(st.integers(0, len(text)), st.sampled_from(":.%0f \t")).map(
+                lambda cut: text[: cut[0]] + cut[1] + text[cut[0] :]
+            )
+        ),
+    )
+)
+def test_pack_address_reads_what_ipaddress_reads(text: str) -> None:
+    """pack_address's inet_pton shortcut changes nothing: the same bytes, the same refusals."""
+    import ipaddress
+
+    from dnsd.names import pack_address
+
+    try:
+        expected: bytes | None = ipaddress.ip_address(text.strip()).packed
+    except ValueError:
+        expected = None
+    assert pack_address(text) == expected
+
+
+def test_pack_address_keeps_ipaddress_readings_inet_pton_refuses() -> None:
+    from dnsd.names import pack_address
+
+    assert pack_address("fe80::1%eth0") == bytes.fromhex("fe80" + "00" * 13 + "01")
+    assert pack_address(" 2001:db8::1\n") == bytes.fromhex("20010db8" + "00" * 11 + "01")
+    assert pack_address("01.2.3.4") is None
+    assert pack_address(None) is None  # type: ignore[arg-type]
 
 
 def test_pod_records_false_hides_pod_names_and_ptr() -> None:

@@ -181,7 +181,7 @@ def decode_page(body: bytes, kind: Kind, policy: AddressPolicy) -> tuple[list[Re
     return records, str(metadata.get("resourceVersion") or ""), metadata.get("continue") or None
 
 
-@dataclass
+@dataclass(slots=True)
 class WatchEvent:
     type: str
     object: Mapping[str, Any]
@@ -192,20 +192,10 @@ class WatchEvent:
         return metadata.get("resourceVersion")
 
 
-async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Newline-delimited JSON of a watch, however the chunks cut it."""
-    pending = b""
-    async for chunk in response.content.iter_any():
-        pending += chunk
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                break
-            line, pending = pending[:end], pending[end + 1 :]
-            if line.strip():
-                yield line
-    if pending.strip():
-        yield pending
+def _split_lines(chunk: bytes) -> tuple[list[bytes], bytes]:
+    """The complete non-blank lines of chunk, and what follows the last newline."""
+    *lines, rest = chunk.split(b"\n")
+    return [line for line in lines if line.strip()], rest
 
 
 # -- the reflector ---------------------------------------------------------------------------
@@ -272,13 +262,10 @@ class Reflector:
     async def wait_listed(self) -> None:
         await self._listed.wait()
 
-    async def _pause(self) -> None:
-        """Give the loop a turn every few milliseconds: buffered events arrive in bursts that
-        would otherwise be parsed in one go while queries wait."""
-        now = time.monotonic()
-        if now - self._last_pause > PAUSE_EVERY:
-            await asyncio.sleep(0)
-            self._last_pause = time.monotonic()
+    def _pause_due(self) -> bool:
+        """Whether the loop is due a turn: it gets one every few milliseconds, since buffered
+        events arrive in bursts that would otherwise be parsed in one go while queries wait."""
+        return time.monotonic() - self._last_pause > PAUSE_EVERY
 
     def _watch_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.stall_timeout)
@@ -391,7 +378,7 @@ class Reflector:
         async with response:
             # One line reader for the whole stream: a chunk may hold the end of the initial
             # events and the first live ones, and a second reader would lose the latter.
-            events = self._events_of(_lines(response))
+            events = self._events_of(response)
             async for event in events:
                 if event.type == "BOOKMARK":
                     annotations = (event.object.get("metadata") or {}).get("annotations") or {}
@@ -419,33 +406,51 @@ class Reflector:
         )
         response = await self._get(url, timeout=self._watch_timeout())
         async with response:
-            await self._follow(self._events_of(_lines(response)))
+            await self._follow(self._events_of(response))
 
-    async def _events_of(self, lines: AsyncIterator[bytes]) -> AsyncIterator[WatchEvent]:
-        """The events of a watch stream; an ERROR event is raised as the error it carries."""
-        async for line in lines:
-            event = _parse_event(line)
-            self.state.last_event = time.time()
-            self._events += 1
-            await self._pause()
-            if event.type == "ERROR":
-                raise _status_error(event.object)
-            yield event
+    async def _events_of(self, response: aiohttp.ClientResponse) -> AsyncIterator[WatchEvent]:
+        """The events of a watch stream (newline-delimited JSON, however the chunks cut it);
+        an ERROR event is raised as the error it carries.
+
+        Lines are split here rather than in a generator of their own: each event crosses one
+        generator fewer, which is a measurable part of an event's cost at 100 events/s."""
+        pending = b""
+        async for chunk in response.content.iter_any():
+            lines, pending = _split_lines(pending + chunk if pending else chunk)
+            for line in lines:
+                event = self._event(line)
+                if self._pause_due():
+                    await asyncio.sleep(0)
+                    self._last_pause = time.monotonic()
+                yield event
+        if pending.strip():
+            yield self._event(pending)
+
+    def _event(self, line: bytes) -> WatchEvent:
+        event = _parse_event(line)
+        self.state.last_event = time.time()
+        self._events += 1
+        if event.type == "ERROR":
+            raise _status_error(event.object)
+        return event
 
     async def _follow(self, events: AsyncIterator[WatchEvent]) -> None:
         """Apply watch events until the server ends the stream cleanly."""
+        debug = log.isEnabledFor(logging.DEBUG)  # the message's arguments cost more than the check
         async for event in events:
-            log.debug("%s: %s at %s", self.name, event.type, event.resource_version)
+            resource_version = event.resource_version
+            if debug:
+                log.debug("%s: %s at %s", self.name, event.type, resource_version)
             if event.type in ("ADDED", "MODIFIED"):
                 record = self._record(event.object)
                 if record is not None:
-                    self.emit(Upsert(record, time.time()))
+                    self.emit(Upsert(record, self.state.last_event))  # when the event arrived
                 else:
                     self._emit_delete(event.object)
             elif event.type == "DELETED":
                 self._emit_delete(event.object)
-            if event.resource_version:
-                self.state.resource_version = event.resource_version
+            if resource_version:
+                self.state.resource_version = resource_version
             self._backoff.failures = 0
 
     def _record(self, obj: Mapping[str, Any]) -> Record | None:
