@@ -62,8 +62,8 @@ class QueryStats:
 
     def record(self, ipv6: bool, query: bytes, reply: bytes | None, nanoseconds: int) -> None:
         end = query.find(b"\x00", 12)
-        slot = TYPE_SLOTS[query[end + 1] << 8 | query[end + 2]] if 0 < end < len(query) - 2 else 0
-        self.requests[len(SLOT_TYPES) * ipv6 + slot] += 1
+        type_slot = TYPE_SLOTS[query[end + 1] << 8 | query[end + 2]] if 0 < end < len(query) - 2 else 0
+        self.requests[len(SLOT_TYPES) * ipv6 + type_slot] += 1
         slot = ((nanoseconds - 1) // _SLOT_NS).bit_length() if nanoseconds > 0 else 0
         self.durations[slot if slot < 16 else 16] += 1
         self.duration_ns += nanoseconds
