@@ -202,19 +202,27 @@ def test_most_plain_queries_are_answered_in_c() -> None:
         dns.message.make_query("default.svc.gua.example.com.", "AAAA").to_wire(),  # empty non-terminal
         b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\xc0\x0c\x00\x1c\x00\x01",  # a pointer loop
     ]
+    queries = [struct.pack("!H", n) + query[2:] for n, query in enumerate(plain + others)]
+    left, unsynced, signed = set(), set(), set()
+    stats = QueryStats("udp")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         server.setblocking(False)
         batch = _batch.DatagramBatch(server, 64, 65535)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-            for query in plain + others:
-                client.sendto(query, server.getsockname())  # loopback: queued at the server on return
-            assert batch.receive() == len(plain + others)
-        stats = QueryStats("udp")
-        assert batch.answer(zone.index, stats, False) == list(range(len(plain), len(plain + others)))
-        assert sum(stats.rcodes) == len(plain)
-        # The answers queued above are replaced when a datagram is answered again.
-        assert batch.answer(None, stats, False) == list(range(len(plain + others)))  # not synced
-        # signed_possible: a query with an additional section (OPT here) may carry TSIG
-        signed_left = batch.answer(zone.index, stats, True)
-        assert [i for i in signed_left if i < len(plain)] == [i for i in range(len(plain)) if i % 2]
+            for query in queries:
+                client.sendto(query, server.getsockname())
+        received = 0
+        while received < len(queries):  # usually one batch; a loaded machine may split it
+            server_ready(server)
+            count = batch.receive()
+            received += count
+            number = [struct.unpack("!H", batch.datagram(i)[:2])[0] for i in range(count)]  # type: ignore[index]
+            left |= {number[i] for i in batch.answer(zone.index, stats, False)}
+            # What the calls below queue replaces what the one above queued (a slot per datagram).
+            unsynced |= {number[i] for i in batch.answer(None, stats, False)}
+            # signed_possible: a query with an additional section (OPT here) may carry TSIG
+            signed |= {number[i] for i in batch.answer(zone.index, stats, True)}
+    assert left == set(range(len(plain), len(queries)))
+    assert unsynced == set(range(len(queries)))
+    assert signed - left == {n for n in range(len(plain)) if n % 2}
