@@ -314,8 +314,9 @@ class Index:
         """Services' endpoint names <endpoint>.<svc>.<ns>.svc.Z, by namespace and Service name."""
         self._rendered_count = 0
         """Names the two tables answer, in each forward zone."""
-        self._rendered: dict[bytes, Node] = {}
-        """Recently asked names of the two tables, rendered; dropped when their owner changes."""
+        self.rendered_cache: dict[bytes, Node] = {}
+        """Recently asked names of the two tables, rendered; dropped when their owner changes (the
+        C batch answers from it too)."""
         self._forward = {z.to_wire(): self.zones[z.to_wire()] for z in config.forward_zones}
         self._pod_suffixes = {b"\x03pod" + apex: zone for apex, zone in self._forward.items()}
         self._svc_suffixes = {b"\x03svc" + apex: zone for apex, zone in self._forward.items()}
@@ -365,7 +366,7 @@ class Index:
     def rendered(self, name: bytes) -> Node | None:
         """The node of a pod name or an endpoint name, rendered from its table (None: not one).
         Every NXDOMAIN query comes here: a name that ends otherwise costs two endswith."""
-        node = self._rendered.get(name)
+        node = self.rendered_cache.get(name)
         if node is not None or not (self._named_pods or self._endpoint_names):
             return node
         for suffix, zone in self._pod_suffixes.items():
@@ -380,9 +381,9 @@ class Index:
                     node = self._render_endpoint_name(name, zone, *labels) if labels else None
                     break
         if node is not None:
-            if len(self._rendered) >= RENDERED_CACHE:
-                self._rendered.clear()
-            self._rendered[name] = node
+            if len(self.rendered_cache) >= RENDERED_CACHE:
+                self.rendered_cache.clear()
+            self.rendered_cache[name] = node
         return node
 
     def _render_pod_name(self, name: bytes, zone: ZoneInfo, pod_label: str, namespace: str) -> Node | None:
@@ -483,7 +484,7 @@ class Index:
         self.dirty = True
         self.generation += 1
         self.record_count += len(set(after[1] or ())) - len(set(before[1] or ()))
-        self._rendered.pop(name, None)
+        self.rendered_cache.pop(name, None)
         if ancestors and before[1] is None:
             self._add_descendant(name)
         elif ancestors and after[1] is None:

@@ -226,3 +226,32 @@ def test_most_plain_queries_are_answered_in_c() -> None:
     assert left == set(range(len(plain), len(queries)))
     assert unsynced == set(range(len(queries)))
     assert signed - left == {n for n in range(len(plain)) if n % 2}
+
+
+def test_a_rendered_name_is_answered_in_c_once_python_rendered_it() -> None:
+    assert _batch is not None
+    zone = Zone(cluster(service("web"), pod("web-0", "2001:db8::7")))
+    query = dns.message.make_query("WEB-0.default.pod.gua.example.com.", "AAAA").to_wire()
+    stats = QueryStats("udp")
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.settimeout(5)
+        batch = _batch.DatagramBatch(server, 4, 65535)
+        answered_by = []
+        for _ in range(2):
+            client.sendto(query, server.getsockname())
+            server_ready(server)
+            assert batch.receive() == 1
+            left = batch.answer(zone.index, stats, False)
+            answered_by.append("python" if left else "c")
+            for i in left:
+                reply = wire.respond(query, zone.index)  # renders the name, and keeps it for a while
+                assert reply is not None and batch.queue_reply(i, reply)
+            assert batch.send() == 0
+            response = dns.message.from_wire(client.recv(65535))
+            assert [r.to_text() for r in response.answer[0]] == ["2001:db8::7"]
+    assert answered_by == ["python", "c"]

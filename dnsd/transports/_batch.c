@@ -52,7 +52,7 @@ static const unsigned char OPT_HEAD[5] = {0x00, 0x00, 0x29, UDP_PAYLOAD >> 8, UD
 static PyObject *s_owner, *s_aaaa, *s_a, *s_others, *s_zone, *s_apex_wire, *s_negative_soa, *s_count, *s_window,
     *s_records, *s_size, *s_additional, *s_additional_count, *s_requests, *s_rcodes, *s_durations,
     *s_request_sizes, *s_response_sizes, *s_duration_ns, *s_type_slots, *s_synced, *s_nodes, *s_zones,
-    *s_rendered_suffixes;
+    *s_rendered_suffixes, *s_rendered_cache;
 static PyObject *s_cname_key; /* the int 5, Node.others' key of a CNAME */
 
 typedef struct {
@@ -709,7 +709,7 @@ static int write_answer(Batch *self, unsigned int i, const Query *q, PyObject *a
 
 /* The index's tables for one answer() call (borrowed: the caller holds the index). */
 typedef struct {
-    PyObject *nodes, *zones, *rendered_suffixes;
+    PyObject *nodes, *zones, *rendered_suffixes, *rendered_cache;
 } Tables;
 
 /* Answers datagram i into its send slot if it is a query the fast path takes: `dnsd.wire._answer`
@@ -730,8 +730,15 @@ static int answer_one(Batch *self, unsigned int i, const Tables *tables, int sig
         Py_DECREF(owner); /* the node holds it */
         is_node = owner != Py_None;
     }
-    /* No node, or an empty non-terminal: a rendered pod or endpoint name, if its suffix says it may be. */
-    if (!is_node && ends_with_any(&q, tables->rendered_suffixes)) return LEFT;
+    /* No node, or an empty non-terminal: a rendered pod or endpoint name, if its suffix says it may
+     * be; answered here when it was rendered recently (Index.rendered does the rest). */
+    if (!is_node && ends_with_any(&q, tables->rendered_suffixes)) {
+        key = PyBytes_FromStringAndSize(q.lowered, (Py_ssize_t)q.name_length);
+        if (key == NULL) return FAILED;
+        node = PyDict_GetItemWithError(tables->rendered_cache, key); /* borrowed */
+        Py_DECREF(key);
+        if (node == NULL) return PyErr_Occurred() ? FAILED : LEFT;
+    }
     if (node == NULL && !well_formed(&q)) return LEFT; /* dnspython's parser decides */
 
     size_t size = 0;
@@ -769,7 +776,7 @@ static PyObject *Batch_answer(Batch *self, PyObject *const *args, Py_ssize_t nar
     PyObject *index = args[0], *stats = args[1];
     int signed_possible = PyObject_IsTrue(args[2]);
     if (signed_possible < 0) return NULL;
-    Tables tables = {NULL, NULL, NULL};
+    Tables tables = {NULL, NULL, NULL, NULL};
     int fast = 0;
     if (index != Py_None) {
         PyObject *synced = PyObject_GetAttr(index, s_synced);
@@ -782,8 +789,9 @@ static PyObject *Batch_answer(Batch *self, PyObject *const *args, Py_ssize_t nar
         tables.nodes = PyObject_GetAttr(index, s_nodes);
         tables.zones = tables.nodes ? PyObject_GetAttr(index, s_zones) : NULL;
         tables.rendered_suffixes = tables.zones ? PyObject_GetAttr(index, s_rendered_suffixes) : NULL;
-        if (tables.rendered_suffixes == NULL || !PyDict_Check(tables.nodes) || !PyDict_Check(tables.zones) ||
-            !PyTuple_Check(tables.rendered_suffixes)) {
+        tables.rendered_cache = tables.rendered_suffixes ? PyObject_GetAttr(index, s_rendered_cache) : NULL;
+        if (tables.rendered_cache == NULL || !PyDict_Check(tables.nodes) || !PyDict_Check(tables.zones) ||
+            !PyTuple_Check(tables.rendered_suffixes) || !PyDict_Check(tables.rendered_cache)) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "an Index of an unexpected shape");
             goto fail;
         }
@@ -830,11 +838,13 @@ static PyObject *Batch_answer(Batch *self, PyObject *const *args, Py_ssize_t nar
     Py_XDECREF(tables.nodes);
     Py_XDECREF(tables.zones);
     Py_XDECREF(tables.rendered_suffixes);
+    Py_XDECREF(tables.rendered_cache);
     return left;
 fail:
     Py_XDECREF(tables.nodes);
     Py_XDECREF(tables.zones);
     Py_XDECREF(tables.rendered_suffixes);
+    Py_XDECREF(tables.rendered_cache);
     return NULL;
 }
 
@@ -889,6 +899,7 @@ PyMODINIT_FUNC PyInit__batch(void) {
         {&s_duration_ns, "duration_ns"}, {&s_type_slots, "type_slots"},
         {&s_synced, "synced"},         {&s_nodes, "nodes"},
         {&s_zones, "zones"},           {&s_rendered_suffixes, "rendered_suffixes"},
+        {&s_rendered_cache, "rendered_cache"},
     };
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         *names[k].slot = PyUnicode_InternFromString(names[k].text);
