@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from collections.abc import Iterable
+from socket import AF_INET, AF_INET6, inet_pton  # text <-> packed conversions only: no I/O
 
 import dns.name
 
@@ -80,7 +80,7 @@ def pack_address(text: str) -> bytes | None:
         return None
     text = text.strip()
     try:
-        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        return inet_pton(AF_INET6 if ":" in text else AF_INET, text)
     except (OSError, ValueError):
         pass
     try:

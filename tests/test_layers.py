@@ -13,6 +13,11 @@ ORDER = ["config", "names", "records", "store", "rrsets", "zone", "wire"]
 FORBIDDEN = ("asyncio", "aiohttp", "kubernetes", "socket", "dnsd.app", "dnsd.transports", "dnsd.sources")
 
 
+PURE_FROM_SOCKET = {"AF_INET", "AF_INET6", "inet_pton", "inet_ntop"}
+"""Address conversions between text and packed bytes: pure functions that live in `socket`
+(names.py packs every address of every watch event, and `ipaddress` costs ten times as much)."""
+
+
 def imports_of(module: str) -> set[str]:
     tree = ast.parse((PACKAGE / f"{module}.py").read_text())
     found: set[str] = set()
@@ -20,6 +25,8 @@ def imports_of(module: str) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "socket" and {alias.name for alias in node.names} <= PURE_FROM_SOCKET:
+                continue
             found.add(node.module)
     return found
 
