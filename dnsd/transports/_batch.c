@@ -46,6 +46,7 @@
 #define DURATION_SLOTS 17
 #define OPT_SIZE 11
 
+static const unsigned char TSIG_TAIL[8] = {0x00, 0xFA, 0x00, 0xFF, 0x00, 0x00, 0x00, 0x00}; /* type, class, TTL 0 */
 static const unsigned char OPT_HEAD[5] = {0x00, 0x00, 0x29, UDP_PAYLOAD >> 8, UDP_PAYLOAD & 0xFF};
 
 /* Attribute names, interned once. */
@@ -563,8 +564,12 @@ static int parse_query(Batch *self, unsigned int i, int signed_possible, Query *
     q->limit = UDP_MINIMUM;
     if (query[10] == 0 && query[11] == 0) {
         if (length != end + 4) return 0;
-    } else if (query[10] == 0 && query[11] == 1 && !signed_possible) {
+    } else if (query[10] == 0 && query[11] == 1) {
         size_t opt = end + 4;
+        /* Transfers.claims: with TSIG keys, a query whose last 400 bytes hold what a TSIG record
+         * looks like is the transfer module's (even inside an EDNS option: it decides). */
+        size_t tail = length < 400 ? length : 400;
+        if (signed_possible && memmem(query + length - tail, tail, TSIG_TAIL, sizeof TSIG_TAIL)) return 0;
         if (opt + 11 > length || query[opt] || query[opt + 1] || query[opt + 2] != TYPE_OPT || query[opt + 6]) return 0;
         if (opt + 11 + ((size_t)query[opt + 9] << 8 | query[opt + 10]) != length) return 0;
         size_t payload = (size_t)query[opt + 3] << 8 | query[opt + 4];
@@ -861,8 +866,8 @@ static PyMethodDef Batch_methods[] = {
     {"answer", (PyCFunction)(void (*)(void))Batch_answer, METH_FASTCALL,
      "answer(index, stats, signed_possible) -> the indices of the datagrams left to the caller.\n\n"
      "Answers the plain queries the index (None: none) can answer without rendering a name into\n"
-     "the send queue and counts them in stats; skips senders on port 0; signed_possible: leave\n"
-     "every query with an additional section (it may carry TSIG)."},
+     "the send queue and counts them in stats; skips senders on port 0; signed_possible: TSIG\n"
+     "keys are configured, so leave the queries Transfers.claims would claim."},
     {NULL, NULL, 0, NULL},
 };
 
