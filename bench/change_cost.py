@@ -37,8 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import vs_nsd  # noqa: E402
-from under_changes import Driver, threads_cpu_ns  # noqa: E402
+from under_changes import Driver, http_get, read_metrics, threads_cpu_ns  # noqa: E402
 
 TAIL_SECONDS = 1.5
 """After the last write: dnsd applies it within milliseconds, the serial moves within a second."""
@@ -108,18 +106,11 @@ class Dnsd:
         raise TimeoutError(f"dnsd not ready: {self.log.read_text(errors='replace')[-2000:]}")
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, ""
+        return http_get(self.http_port, path)
 
     def applied(self) -> int:
         """Changes dnsd has applied: the count of its programming-latency histogram."""
-        for line in self.get("/metrics")[1].splitlines():
-            if line.startswith("dnsd_programming_duration_seconds_count"):
-                return int(float(line.rsplit(" ", 1)[-1]))
-        return 0
+        return int(read_metrics(self.http_port)["applied"])
 
     def cpu_ns(self) -> int:
         return threads_cpu_ns(self.pid)

@@ -34,6 +34,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -293,11 +294,7 @@ class FollowingDnsd(vs_nsd.Dnsd):
         return command
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, ""
+        return http_get(self.http_port, path)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -315,24 +312,39 @@ class FollowingDnsd(vs_nsd.Dnsd):
         super().wait_ready(max(1.0, deadline - time.monotonic()))
 
     def metrics(self) -> dict[str, float]:
-        """The samples this benchmark reads: changes applied (and their time), serial, watch restarts, relists."""
-        status, text = self.get("/metrics")
-        if status != 200:
-            raise RuntimeError(f"/metrics answered {status}")
-        wanted = {
-            "dnsd_programming_duration_seconds_count": "applied",
-            "dnsd_programming_duration_seconds_sum": "applied_seconds",
-            "dnsd_zone_serial": "serial",
-            "dnsd_kubernetes_watch_restarts_total": "watch_restarts",
-            "dnsd_kubernetes_relists_total": "relists",
-        }
-        out = dict.fromkeys(wanted.values(), 0.0)
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            key = wanted.get(name.partition("{")[0])
-            if key:  # summed over labels: resources for the counters, the one zone for the serial
-                out[key] += float(value.rsplit(" ", 1)[-1])
-        return out
+        return read_metrics(self.http_port)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """Status and body of a GET on dnsd's ops endpoint at 127.0.0.1:port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+    except http.client.HTTPException:  # not (yet) dnsd's endpoint on that port: ask again later
+        return 0, ""
+
+
+def read_metrics(port: int) -> dict[str, float]:
+    """The samples these benchmarks read: changes applied (and their time), serial, watch restarts, relists."""
+    status, text = http_get(port, "/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    wanted = {
+        "dnsd_programming_duration_seconds_count": "applied",
+        "dnsd_programming_duration_seconds_sum": "applied_seconds",
+        "dnsd_zone_serial": "serial",
+        "dnsd_kubernetes_watch_restarts_total": "watch_restarts",
+        "dnsd_kubernetes_relists_total": "relists",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        key = wanted.get(name.partition("{")[0])
+        if key:  # summed over labels: resources for the counters, the one zone for the serial
+            out[key] += float(value.rsplit(" ", 1)[-1])
+    return out
 
 
 def threads_cpu_ns(pid: int) -> int:
