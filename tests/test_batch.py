@@ -47,6 +47,13 @@ pytestmark = [
     pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg are Linux-only"),
     pytest.mark.skipif(_batch is None and os.environ.get("DNSD_TEST_WITHOUT_C") == "1", reason="not built"),
 ]
+MANGLE_ZONE = Zone(
+    cluster(
+        service("web"),
+        endpoint_slice("web-6", "web", *(endpoint(f"2001:db8::{i}", pod=f"web-{i}") for i in range(1, 20))),
+        *(pod(f"web-{i}", f"2001:db8::{i}") for i in range(1, 20)),
+    )
+)
 ROTATIONS = 64
 """More than the records of any generated answer: every rotation is among this many responses."""
 NAMESPACES = ("default", "Prod", "a-very-long-namespace-name-for-sizes")
@@ -177,6 +184,50 @@ def test_c_batch_answers_as_the_python_engine(text: str, max_answers: int | None
         assert getattr(c_stats, counter) == getattr(reference_stats, counter), counter
     assert sum(c_stats.durations) == len(sent)
     assert answered_in_c <= len(sent)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, names: list[str]) -> bytes:
+    """A query with some bytes after its ID overwritten, cut short or extended."""
+    query = bytearray(draw(queries(names)))
+    for _ in range(draw(st.integers(1, 4))):
+        query[draw(st.integers(2, len(query) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.sampled_from([None, None, 1, 4, 11]))
+    tail = draw(st.sampled_from([b"", b"", b"\x00", b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"]))
+    return bytes(query[: len(query) - cut] if cut else query) + tail
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mangled_queries_get_the_python_engines_answers(data: st.DataObject) -> None:
+    """The C parser takes only what it can prove plain; everything else, however mangled, is
+    answered (or not) exactly as the Python engine answers it."""
+    assert _batch is not None
+    zone = MANGLE_ZONE
+    wires = data.draw(st.lists(mutated(_names(zone)), min_size=1, max_size=30))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        batch = _batch.DatagramBatch(server, 16, 65535)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            sent = {}
+            for qid, query in enumerate(wires, 1):
+                query = struct.pack("!H", qid) + query[2:]
+                sent[qid] = query
+                client.sendto(query, server.getsockname())
+            _serve_round(batch, server, zone, QueryStats("udp"), len(sent), data.draw(st.booleans()))
+            expected = {qid for qid, query in sent.items() if wire.respond_safely(query, zone.index) is not None}
+            replies = {}
+            for _ in expected:
+                reply = client.recv(65535)
+                replies[struct.unpack("!H", reply[:2])[0]] = reply
+            client.settimeout(0.05)
+            with pytest.raises(TimeoutError):
+                client.recv(65535)  # nothing for the queries the engine drops
+    assert replies.keys() == expected
+    for qid in expected:
+        assert_same_response(replies[qid], lambda query=sent[qid]: wire.respond_safely(query, zone.index))
 
 
 def test_most_plain_queries_are_answered_in_c() -> None:
