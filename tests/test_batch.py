@@ -12,6 +12,7 @@ Out of scope: the listener's sockets, wildcard addresses and hostile input end t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -29,9 +30,10 @@ from hypothesis import strategies as st
 from k8s import cluster, endpoint, endpoint_slice, pod, service
 
 from dnsd import wire
-from dnsd.config import parse_nameserver
+from dnsd.config import Listen, parse_nameserver
 from dnsd.stats import QueryStats
 from dnsd.transports import mmsg
+from dnsd.transports.udp import UdpListener, open_socket
 
 try:
     from dnsd.transports import _batch
@@ -318,3 +320,34 @@ def test_a_rendered_name_is_answered_in_c_once_python_rendered_it() -> None:
             response = dns.message.from_wire(client.recv(65535))
             assert [r.to_text() for r in response.answer[0]] == ["2001:db8::7"]
     assert answered_by == ["python", "c"]
+
+
+def test_a_failing_c_batch_leaves_the_batch_to_python(dnsd_process, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A QueryStats the C code cannot read makes answer() raise: the listener answers in Python."""
+
+    zone = Zone(cluster(service("web"), endpoint_slice("web-6", "web", endpoint("2001:db8::1"))))
+
+    class Unreadable(QueryStats):
+        __slots__ = ()
+        type_slots = b"too short"
+
+    async def serve_one() -> bytes:
+        sock = open_socket(Listen("127.0.0.1", 0))
+        listener = UdpListener(
+            sock, lambda data: wire.respond_safely(data, zone.index), Unreadable("udp"), index=zone.index
+        )
+        listener.start("c")
+        assert listener.mode == "c"
+        loop = asyncio.get_running_loop()
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.setblocking(False)
+        try:
+            query = dns.message.make_query("web.default.svc.gua.example.com.", "AAAA").to_wire()
+            await loop.sock_sendto(client, query, listener.address)
+            return await asyncio.wait_for(loop.sock_recv(client, 65535), 5)
+        finally:
+            client.close()
+            listener.close()
+
+    reply = dns.message.from_wire(asyncio.run(serve_one()))
+    assert [r.to_text() for r in reply.answer[0]] == ["2001:db8::1"]

@@ -156,7 +156,12 @@ class UdpListener:
             if not received:
                 return
             self.received += received
-            for i in batch.answer(index if fast else None, stats, signed_possible):
+            try:
+                left = batch.answer(index if fast else None, stats, signed_possible)
+            except Exception:  # a bug in the C batch must not stop UDP: Python answers (one slot each)
+                log.exception("the C batch failed; this batch is answered in Python")
+                left = range(received)
+            for i in left:
                 data = batch.datagram(i)
                 port, ipv6 = batch.sender(i)
                 if data is None or port == 0:  # longer than any DNS message; port 0: a reflection
