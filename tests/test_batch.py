@@ -344,7 +344,9 @@ def test_a_failing_c_batch_leaves_the_batch_to_python(dnsd_process, tmp_path) ->
         try:
             query = dns.message.make_query("web.default.svc.gua.example.com.", "AAAA").to_wire()
             await loop.sock_sendto(client, query, listener.address)
-            return await asyncio.wait_for(loop.sock_recv(client, 65535), 5)
+            reply = await asyncio.wait_for(loop.sock_recv(client, 65535), 5)
+            assert listener.mode == "python"  # and stays so: one error in the log, not one per batch
+            return reply
         finally:
             client.close()
             listener.close()

@@ -143,7 +143,7 @@ class UdpListener:
         assert batch is not None
         index, stats = self.index, self.stats
         # RRL needs every response; a signed query may be the transfer module's (TSIG).
-        fast = index is not None and rrl is None
+        fast = index is not None and rrl is None and self.mode == "c"
         signed_possible = transfer is not None and bool(transfer.keys)
         for _ in range(max(1, BURST // BATCH)):
             try:
@@ -158,9 +158,11 @@ class UdpListener:
             self.received += received
             try:
                 left = batch.answer(index if fast else None, stats, signed_possible)
-            except Exception:  # a bug in the C batch must not stop UDP: Python answers (one slot each)
-                log.exception("the C batch failed; this batch is answered in Python")
-                left = range(received)
+            except Exception:  # a bug in the C batch must not stop UDP: Python answers from now on
+                log.exception("the C batch failed; UDP is answered in Python from now on")
+                self.mode = "python"
+                fast = False
+                left = range(received)  # a reply slot per datagram: nothing answered in C is sent twice
             for i in left:
                 data = batch.datagram(i)
                 port, ipv6 = batch.sender(i)
