@@ -146,9 +146,7 @@ def _answer(
     """The response to one well-formed IN query; question is the name, type and class as sent."""
     opt = _opt(do)
     extra = 0 if do is None else 1
-    node = index.nodes.get(lowered)
-    if node is None or node.owner is None:  # no node, or an empty non-terminal: maybe a rendered name
-        node = index.rendered(lowered) or node
+    node = index.lookup(lowered)
     if node is None:
         zone = index.zone_for(lowered)
         if zone is None:

@@ -40,6 +40,7 @@ from conftest import EXAMPLE, REVERSE6, ZONE, DnsdProcess, Zone, make_config, rr
 from fakekube import FakeKubeThread, pod, service, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from live import read_frame
 from secondaries import KINDS, Nsd, Secondary, TsigKey
 
 from dnsd import transfer
@@ -330,7 +331,7 @@ def axfr(port: int, zone: str = ZONE, *, source: str | None = None, host: str = 
         messages = 0
         tsig_ctx = None
         while True:
-            wire = _read_frame(sock)
+            wire = read_frame(sock)
             try:
                 reply = dns.message.from_wire(
                     wire, keyring=query.keyring, request_mac=query.mac, xfr=True, tsig_ctx=tsig_ctx, multi=True
@@ -352,19 +353,6 @@ def axfr(port: int, zone: str = ZONE, *, source: str | None = None, host: str = 
 
 def _unverified(_message: dns.message.Message, _name: dns.name.Name) -> bool:
     return False
-
-
-def _read_frame(sock: socket.socket) -> bytes:
-    def exactly(count: int) -> bytes:
-        data = b""
-        while len(data) < count:
-            chunk = sock.recv(count - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-
-    return exactly(int.from_bytes(exactly(2), "big"))
 
 
 def big_cluster(pods: int) -> str:
@@ -467,7 +455,7 @@ def test_tsig_errors_carry_the_tsig_error_code(tmp_path: Path, dnsd_process: typ
         query.use_tsig(keyring(key))
         with socket.create_connection(("127.0.0.1", dnsd.port), timeout=5) as sock:
             dns.query.send_tcp(sock, query)
-            wire = _read_frame(sock)
+            wire = read_frame(sock)
         # read without verifying: the error response is unsigned by design
         reply = dns.message.from_wire(wire, keyring=_unverified)
         assert reply.rcode() == dns.rcode.NOTAUTH
@@ -508,7 +496,7 @@ def test_ixfr_over_udp_and_tcp(tmp_path: Path, cluster: Path, dnsd_process: type
             records: list[dns.rrset.RRset] = []
             soas = 0
             while soas < 2 or (soas == 2 and records and records[-1].rdtype != dns.rdatatype.SOA):
-                answer = dns.message.from_wire(_read_frame(sock), xfr=True).answer
+                answer = dns.message.from_wire(read_frame(sock), xfr=True).answer
                 records += answer
                 soas = sum(1 for r in records for _ in r if r.rdtype == dns.rdatatype.SOA)
                 if len(records) == 1 and soas == 1 and int(records[0][0].serial) == serial:
@@ -530,7 +518,7 @@ def test_ixfr_over_udp_and_tcp(tmp_path: Path, cluster: Path, dnsd_process: type
     query.authority = [dns.rrset.from_text(ZONE, 0, "IN", "SOA", f". . {first} 0 0 0 0")]
     with socket.create_connection(("127.0.0.1", dnsd.port), timeout=5) as sock:
         dns.query.send_tcp(sock, query)
-        reply = dns.message.from_wire(_read_frame(sock), one_rr_per_rrset=True)
+        reply = dns.message.from_wire(read_frame(sock), one_rr_per_rrset=True)
     text = [line for rrset in reply.answer for line in rrsets_text([rrset])]
     serials = [int(line.split()[6]) for line in text if " SOA " in line]
     assert serials == [second, first, second, second], text
@@ -550,7 +538,7 @@ def _ixfr_full(port: int, serial: int) -> tuple[int, list[str], int]:
         dns.query.send_tcp(sock, query)
         messages = 0
         while True:
-            reply = dns.message.from_wire(_read_frame(sock), xfr=True)
+            reply = dns.message.from_wire(read_frame(sock), xfr=True)
             messages += 1
             lines += [line for rrset in reply.answer for line in sorted(rrsets_text([rrset]))]
             if len(lines) > 1 and lines[-1] == lines[0]:

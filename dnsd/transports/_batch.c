@@ -717,33 +717,48 @@ typedef struct {
     PyObject *nodes, *zones, *rendered_suffixes, *rendered_cache;
 } Tables;
 
+/* `Index.lookup` as far as C can go: the node of the name (borrowed; NULL: no such name), or LEFT
+ * for a pod or endpoint name not rendered recently (only `Index.rendered` can tell). */
+static int find_node(const Query *q, const Tables *tables, PyObject **found) {
+    *found = NULL;
+    PyObject *key = PyBytes_FromStringAndSize(q->lowered, (Py_ssize_t)q->name_length);
+    if (key == NULL) return FAILED;
+    int result = TAKEN;
+    PyObject *node = PyDict_GetItemWithError(tables->nodes, key); /* borrowed: the dict holds it */
+    int is_node = 0; /* a node with an owner: not an empty non-terminal */
+    if (node != NULL) {
+        PyObject *owner = PyObject_GetAttr(node, s_owner);
+        if (owner == NULL) {
+            result = FAILED;
+            goto done;
+        }
+        Py_DECREF(owner); /* the node holds it */
+        is_node = owner != Py_None;
+    } else if (PyErr_Occurred()) {
+        result = FAILED;
+        goto done;
+    }
+    /* No node, or an empty non-terminal: a rendered pod or endpoint name, if its suffix says it may
+     * be; answered here when it was rendered recently. */
+    if (!is_node && ends_with_any(q, tables->rendered_suffixes)) {
+        node = PyDict_GetItemWithError(tables->rendered_cache, key);
+        if (node == NULL) result = PyErr_Occurred() ? FAILED : LEFT;
+    }
+    *found = node;
+done:
+    Py_DECREF(key);
+    return result;
+}
+
 /* Answers datagram i into its send slot if it is a query the fast path takes: `dnsd.wire._answer`
  * for a name that is a node, or that is in no node and cannot be a rendered name. */
 static int answer_one(Batch *self, unsigned int i, const Tables *tables, int signed_possible, Counters *counters) {
     unsigned long long started = now_ns();
     Query q;
     if (!parse_query(self, i, signed_possible, &q)) return LEFT;
-    PyObject *key = PyBytes_FromStringAndSize(q.lowered, (Py_ssize_t)q.name_length);
-    if (key == NULL) return FAILED;
-    PyObject *node = PyDict_GetItemWithError(tables->nodes, key); /* borrowed */
-    Py_DECREF(key);
-    if (node == NULL && PyErr_Occurred()) return FAILED;
-    int is_node = 0; /* a node with an owner: not an empty non-terminal */
-    if (node != NULL) {
-        PyObject *owner = PyObject_GetAttr(node, s_owner);
-        if (owner == NULL) return FAILED;
-        Py_DECREF(owner); /* the node holds it */
-        is_node = owner != Py_None;
-    }
-    /* No node, or an empty non-terminal: a rendered pod or endpoint name, if its suffix says it may
-     * be; answered here when it was rendered recently (Index.rendered does the rest). */
-    if (!is_node && ends_with_any(&q, tables->rendered_suffixes)) {
-        key = PyBytes_FromStringAndSize(q.lowered, (Py_ssize_t)q.name_length);
-        if (key == NULL) return FAILED;
-        node = PyDict_GetItemWithError(tables->rendered_cache, key); /* borrowed */
-        Py_DECREF(key);
-        if (node == NULL) return PyErr_Occurred() ? FAILED : LEFT;
-    }
+    PyObject *node;
+    int found = find_node(&q, tables, &node);
+    if (found != TAKEN) return found;
     if (node == NULL && !well_formed(&q)) return LEFT; /* dnspython's parser decides */
 
     size_t size = 0;

@@ -28,9 +28,9 @@ from dnsd.stats import QueryStats
 from dnsd.transports import mmsg
 
 try:
-    from dnsd.transports import _batch
+    from dnsd.transports import _batch as c_batch
 except ImportError:  # built without a C compiler: batches are answered in Python
-    _batch = None  # type: ignore[assignment]
+    c_batch = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from dnsd.transfer import Transfers
@@ -112,7 +112,7 @@ class UdpListener:
         self.dropped_replies = 0
         self.stats = stats if stats is not None else QueryStats("udp")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._batch: mmsg.DatagramBatch | _batch.DatagramBatch | None = None
+        self._batch: mmsg.DatagramBatch | c_batch.DatagramBatch | None = None
         self.mode = "off"
         """How UDP is read and answered: c, python or off (Config.udp_batching), as started."""
 
@@ -125,12 +125,12 @@ class UdpListener:
         (python where the extension is not built or there is no index); python: batches answered
         in Python; off, or no recvmmsg on this platform: one datagram per call."""
         self._loop = asyncio.get_running_loop()
-        if mode == "c" and (_batch is None or self.index is None):
+        if mode == "c" and (c_batch is None or self.index is None):
             mode = "python"
         if mode != "off" and not mmsg.available():
             mode = "off"
         if mode == "c":
-            self._batch = _batch.DatagramBatch(self.sock, BATCH, RECEIVE_SIZE, pktinfo=self.pktinfo)
+            self._batch = c_batch.DatagramBatch(self.sock, BATCH, RECEIVE_SIZE, pktinfo=self.pktinfo)
         elif mode == "python":
             self._batch = mmsg.DatagramBatch(self.sock, BATCH, RECEIVE_SIZE, pktinfo=self.pktinfo)
         self.mode = mode
